@@ -1,0 +1,3 @@
+from oxidicom_py.cli import main
+
+raise SystemExit(main())

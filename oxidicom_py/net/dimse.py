@@ -1,0 +1,147 @@
+"""DIMSE command sets (PS3.7 section 9 and Annex E), always Implicit VR Little Endian.
+
+Decodes the C-STORE-RQ / C-ECHO-RQ we receive and encodes our responses.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+_ELEMENT = struct.Struct("<HHL")
+
+# Command set element numbers (group 0000)
+AFFECTED_SOP_CLASS_UID = 0x0002
+COMMAND_FIELD = 0x0100
+MESSAGE_ID = 0x0110
+MESSAGE_ID_RESPONDED_TO = 0x0120
+PRIORITY = 0x0700
+COMMAND_DATA_SET_TYPE = 0x0800
+STATUS = 0x0900
+ERROR_COMMENT = 0x0902
+AFFECTED_SOP_INSTANCE_UID = 0x1000
+MOVE_ORIGINATOR_AE = 0x1030
+MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
+
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+C_ECHO_RQ = 0x0030
+C_ECHO_RSP = 0x8030
+NO_DATA_SET = 0x0101
+
+# Status codes (PS3.4 B.2.3, PS3.7 C)
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+UNRECOGNIZED_OPERATION = 0x0211
+PROCESSING_FAILURE = 0x0110
+
+_US = {COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED_TO, PRIORITY, COMMAND_DATA_SET_TYPE, STATUS}
+
+
+class DimseError(Exception):
+    """A command set we cannot decode."""
+
+
+@dataclass(slots=True)
+class Command:
+    command_field: int
+    message_id: int
+    data_set_type: int
+    affected_sop_class: str
+    affected_sop_instance: str
+    move_originator_ae: str = ""
+
+    @property
+    def has_data_set(self) -> bool:
+        return self.data_set_type != NO_DATA_SET
+
+
+def decode_command(raw: bytes | bytearray) -> Command:
+    """Decode a command set; only group 0000 is allowed (PS3.7 6.3.1)."""
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(raw)
+    while pos < end:
+        if pos + 8 > end:
+            raise DimseError("truncated command element")
+        group, elem, length = _ELEMENT.unpack_from(raw, pos)
+        pos += 8
+        if group != 0 or pos + length > end:
+            raise DimseError(f"bad command element ({group:04x},{elem:04x}) length {length}")
+        values[elem] = bytes(raw[pos : pos + length])
+        pos += length
+
+    def us(elem: int) -> int:
+        v = values.get(elem)
+        if v is None or len(v) != 2:
+            raise DimseError(f"command element (0000,{elem:04x}) missing or not US")
+        return int.from_bytes(v, "little")
+
+    def text(elem: int) -> str:
+        return values.get(elem, b"").rstrip(b"\x00 ").decode("ascii", "replace").strip()
+
+    return Command(
+        command_field=us(COMMAND_FIELD),
+        message_id=us(MESSAGE_ID) if MESSAGE_ID in values else 0,
+        data_set_type=us(COMMAND_DATA_SET_TYPE),
+        affected_sop_class=text(AFFECTED_SOP_CLASS_UID),
+        affected_sop_instance=text(AFFECTED_SOP_INSTANCE_UID),
+        move_originator_ae=text(MOVE_ORIGINATOR_AE),
+    )
+
+
+def _encode_value(elem: int, value: int | str) -> bytes:
+    if elem in _US:
+        assert isinstance(value, int)
+        return struct.pack("<H", value)
+    assert isinstance(value, str)
+    raw = value.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\x00" if elem in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID) else b" "
+    return raw
+
+
+def encode_command(elements: dict[int, int | str]) -> bytes:
+    body = b"".join(
+        _ELEMENT.pack(0, elem, len(v)) + v for elem, v in ((e, _encode_value(e, elements[e])) for e in sorted(elements))
+    )
+    return _ELEMENT.pack(0, 0, 4) + struct.pack("<L", len(body)) + body
+
+
+def store_response(request: Command, status: int, error_comment: str = "") -> bytes:
+    elements: dict[int, int | str] = {
+        AFFECTED_SOP_CLASS_UID: request.affected_sop_class,
+        COMMAND_FIELD: C_STORE_RSP,
+        MESSAGE_ID_RESPONDED_TO: request.message_id,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+        STATUS: status,
+        AFFECTED_SOP_INSTANCE_UID: request.affected_sop_instance,
+    }
+    if error_comment:
+        elements[ERROR_COMMENT] = error_comment[:64]
+    return encode_command(elements)
+
+
+def echo_response(request: Command) -> bytes:
+    return encode_command(
+        {
+            AFFECTED_SOP_CLASS_UID: request.affected_sop_class or "1.2.840.10008.1.1",
+            COMMAND_FIELD: C_ECHO_RSP,
+            MESSAGE_ID_RESPONDED_TO: request.message_id,
+            COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+            STATUS: SUCCESS,
+        }
+    )
+
+
+def failure_response(request: Command, status: int) -> bytes:
+    """Response to a request we do not serve (e.g. C-FIND sent to a storage SCP)."""
+    return encode_command(
+        {
+            AFFECTED_SOP_CLASS_UID: request.affected_sop_class,
+            COMMAND_FIELD: request.command_field | 0x8000,
+            MESSAGE_ID_RESPONDED_TO: request.message_id,
+            COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+            STATUS: status,
+        }
+    )

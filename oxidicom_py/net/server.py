@@ -1,0 +1,68 @@
+"""The TCP listener: accepts connections and runs one :class:`AssociationProtocol` per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from oxidicom_py.net import pdu
+from oxidicom_py.net.association import AcceptorConfig, AssociationHandler, AssociationInfo, AssociationProtocol
+
+log = logging.getLogger("oxidicom_py.net")
+
+
+class Listener:
+    """Accepts associations up to ``max_associations`` at once; beyond that, A-ASSOCIATE-RJ
+    (transient, local limit exceeded) so the sender knows to retry later."""
+
+    def __init__(
+        self,
+        config: AcceptorConfig,
+        on_established: Callable[[AssociationInfo], AssociationHandler],
+        *,
+        max_associations: int,
+    ) -> None:
+        self.config = config
+        self._on_established = on_established
+        self.max_associations = max_associations
+        self.established = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
+        if self.established >= self.max_associations:
+            return (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+        return None
+
+    def _established(self, info: AssociationInfo) -> AssociationHandler:
+        self.established += 1
+        handler = self._on_established(info)
+        listener = self
+
+        class _Counted:
+            def begin_instance(self, command, context):  # type: ignore[no-untyped-def]
+                return handler.begin_instance(command, context)
+
+            def closed(self, outcome: str) -> None:
+                listener.established -= 1
+                handler.closed(outcome)
+
+        return _Counted()
+
+    def _protocol(self) -> AssociationProtocol:
+        return AssociationProtocol(self.config, self._established, self._admission)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._protocol, host=host, port=port, reuse_address=True, backlog=512, family=socket.AF_INET
+        )
+        sock = self.server.sockets[0]
+        bound = sock.getsockname()
+        log.info("listening on tcp://%s:%d", bound[0], bound[1], extra={"ae_title": self.config.ae_title})
+        return bound[0], bound[1]
+
+    async def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,163 @@
+"""Read the few header elements that naming and registration need from a dataset's first bytes.
+
+A small element walker instead of pydicom on the receive path: it stops at the last tag
+we need, skips sequences of defined or undefined length without decoding them, and
+returns raw values. Decoding text (character sets, first value, trimming) happens after,
+only for the elements found.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from pydicom.charset import convert_encodings, decode_bytes
+
+WANTED: dict[int, str] = {
+    0x00080005: "SpecificCharacterSet",
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x00080020: "StudyDate",
+    0x00080050: "AccessionNumber",
+    0x00080060: "Modality",
+    0x00081030: "StudyDescription",
+    0x0008103E: "SeriesDescription",
+    0x00100010: "PatientName",
+    0x00100020: "PatientID",
+    0x00100030: "PatientBirthDate",
+    0x00100040: "PatientSex",
+    0x00101010: "PatientAge",
+    0x00181030: "ProtocolName",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+    0x00200011: "SeriesNumber",
+    0x00200013: "InstanceNumber",
+}
+LAST_WANTED = max(WANTED)
+KEYWORDS = tuple(WANTED.values())
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+_PN_DELIMITERS = {0x5C, 0x3D, 0x5E}
+_MAX_DEPTH = 64
+
+
+class NeedMore(Exception):
+    """The prefix ends before the walker reached the last wanted element."""
+
+
+class HeaderError(Exception):
+    """The dataset's encoding is malformed where the walker had to read it."""
+
+
+class _Walker:
+    __slots__ = ("buf", "end", "little", "u16", "u32")
+
+    def __init__(self, buf: bytes | bytearray | memoryview, little: bool) -> None:
+        self.buf = buf
+        self.end = len(buf)
+        self.little = little
+        self.u16 = struct.Struct("<H" if little else ">H").unpack_from
+        self.u32 = struct.Struct("<L" if little else ">L").unpack_from
+
+    def tag_at(self, pos: int) -> int:
+        if pos + 4 > self.end:
+            raise NeedMore
+        return (self.u16(self.buf, pos)[0] << 16) | self.u16(self.buf, pos + 2)[0]
+
+    def element_header(self, pos: int, implicit: bool) -> tuple[int, int, bytes, int]:
+        """(tag, value length, VR or b'', header size) of the element at ``pos``."""
+        tag = self.tag_at(pos)
+        if pos + 8 > self.end:
+            raise NeedMore
+        if implicit or (tag >> 16) == 0xFFFE:
+            return tag, self.u32(self.buf, pos + 4)[0], b"", 8
+        vr = bytes(self.buf[pos + 4 : pos + 6])
+        if vr in _LONG_VRS:
+            if pos + 12 > self.end:
+                raise NeedMore
+            return tag, self.u32(self.buf, pos + 8)[0], vr, 12
+        if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            raise HeaderError(f"invalid VR {vr!r} at offset {pos}")
+        return tag, self.u16(self.buf, pos + 6)[0], vr, 8
+
+    def skip_sequence(self, pos: int, implicit: bool, depth: int) -> int:
+        """Skip the items of an undefined-length sequence starting at ``pos``; return the end."""
+        if depth > _MAX_DEPTH:
+            raise HeaderError("sequences nested too deeply")
+        while True:
+            tag, length, _, hdr = self.element_header(pos, True)
+            pos += hdr
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise HeaderError(f"expected an item tag in a sequence, found {tag:08x}")
+            if length != _UNDEFINED:
+                pos += length
+                continue
+            while True:  # elements of an undefined-length item
+                if self.tag_at(pos) == _ITEM_END:
+                    pos += 8
+                    break
+                pos = self.skip_element(pos, implicit, depth + 1)
+
+    def skip_element(self, pos: int, implicit: bool, depth: int) -> int:
+        _tag, length, vr, hdr = self.element_header(pos, implicit)
+        pos += hdr
+        if length == _UNDEFINED:
+            return self.skip_sequence(pos, implicit or vr == b"UN", depth)
+        return pos + length
+
+
+def walk(prefix: bytes | bytearray | memoryview, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
+    """Raw values of the wanted top-level elements found in ``prefix``.
+
+    Raises :class:`NeedMore` when ``prefix`` ends before the walk is done and ``complete``
+    is false (more of the dataset is still to come).
+    """
+    w = _Walker(prefix, little)
+    found: dict[str, bytes] = {}
+    pos = 0
+    try:
+        while pos < w.end:
+            tag, length, vr, hdr = w.element_header(pos, implicit)
+            if tag > LAST_WANTED:
+                return found
+            if length == _UNDEFINED:
+                pos = w.skip_sequence(pos + hdr, implicit or vr == b"UN", 1)
+                continue
+            start = pos + hdr
+            pos = start + length
+            name = WANTED.get(tag)
+            if name is not None:
+                if pos > w.end:
+                    raise NeedMore
+                found[name] = bytes(prefix[start:pos])
+    except NeedMore:
+        if complete:  # the dataset ends inside an element: keep what was found before it
+            return found
+        raise
+    if pos > w.end and not complete:
+        raise NeedMore
+    return found
+
+
+def decode_values(raw: dict[str, bytes]) -> dict[str, str | None]:
+    """Decode raw text values with the dataset's character set; absent or empty -> None."""
+    charset = raw.get("SpecificCharacterSet")
+    encodings: list[str] | None = None
+    out: dict[str, str | None] = dict.fromkeys(KEYWORDS)
+    for name, value in raw.items():
+        if not value:
+            continue
+        if value.isascii():
+            out[name] = value.decode("ascii")
+            continue
+        if encodings is None:
+            terms = [t.strip() for t in (charset or b"").decode("ascii", "replace").split("\\")]
+            encodings = convert_encodings(terms or [""])
+        delimiters = _PN_DELIMITERS if name == "PatientName" else None
+        out[name] = decode_bytes(value, encodings, delimiters or set())
+    return out

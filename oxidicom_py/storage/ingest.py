@@ -1,0 +1,292 @@
+"""From dataset fragments to a stored, registered instance.
+
+For each C-STORE the upper layer opens an :class:`IncomingInstance`: the fragments go
+straight into a staged file behind a Part 10 header, the first bytes are walked for the
+header elements, and at the last fragment the instance is validated, renamed into its
+final path and handed to the registrar. Success is answered only after the rename (and
+fsync, when on); registration follows asynchronously and is retried until it commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import pydicom
+
+from oxidicom_py.net import dimse
+from oxidicom_py.net.association import AssociationInfo, StoreResult
+from oxidicom_py.net.contexts import dataset_encoding
+from oxidicom_py.net.negotiation import AcceptedContext
+from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.storage import header
+from oxidicom_py.storage.dates import parse_study_date
+from oxidicom_py.storage.naming import first_value, instance_path, tts
+from oxidicom_py.storage.part10 import file_header
+from oxidicom_py.storage.patient_age import parse_patient_age
+from oxidicom_py.storage.writer import FilesRoot, StagedFile
+from oxidicom_py.telemetry.logs import ContextLogger
+
+log = logging.getLogger("oxidicom_py.storage")
+
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "StudyDate")
+MAX_HEADER_PREFIX = 64 << 20
+"""Past this many bytes without reaching (0020,0013), the header is read from the staged file."""
+
+Submit = Callable[[PacsFileRow], "asyncio.Future[bool]"]
+
+
+@dataclass(slots=True)
+class AssociationCounts:
+    received: int = 0
+    stored: int = 0
+    rejected: int = 0
+    failed: int = 0
+    bytes: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Ingest:
+    """Process-wide: where files go, who registers them, how many associations are open."""
+
+    def __init__(self, files: FilesRoot, submit: Submit, executor: Executor | None) -> None:
+        self.files = files
+        self.submit = submit
+        self.executor = executor
+        self.active: set[AssociationStore] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def association(self, info: AssociationInfo) -> AssociationStore:
+        store = AssociationStore(self, info)
+        self.active.add(store)
+        self.idle.clear()
+        return store
+
+    def _closed(self, store: AssociationStore) -> None:
+        self.active.discard(store)
+        if not self.active:
+            self.idle.set()
+
+
+class AssociationStore:
+    """The storage side of one association."""
+
+    def __init__(self, ingest: Ingest, info: AssociationInfo) -> None:
+        self.ingest = ingest
+        self.info = info
+        self.counts = AssociationCounts()
+        self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
+
+    def begin_instance(self, command: dimse.Command, context: AcceptedContext) -> IncomingInstance:
+        self.counts.received += 1
+        return IncomingInstance(self, command, context)
+
+    def closed(self, outcome: str) -> None:
+        c = self.counts
+        self.log.info(
+            "association ended: %s",
+            outcome,
+            extra={
+                "outcome": outcome,
+                "received": c.received,
+                "stored": c.stored,
+                "rejected": c.rejected,
+                "failed": c.failed,
+                "bytes": c.bytes,
+            },
+        )
+        self.ingest._closed(self)
+
+
+class IncomingInstance:
+    __slots__ = ("_implicit", "_little", "_prefix", "_raw", "command", "context", "error", "staged", "store")
+
+    def __init__(self, store: AssociationStore, command: dimse.Command, context: AcceptedContext) -> None:
+        self.store = store
+        self.command = command
+        self.context = context
+        self._implicit, self._little = dataset_encoding(context.transfer_syntax)
+        self._prefix: bytearray | None = bytearray()
+        self._raw: dict[str, bytes] | None = None
+        self.error: str | None = None
+        self.staged: StagedFile | None = None
+        try:
+            self.staged = store.ingest.files.stage(
+                file_header(
+                    command.affected_sop_class or context.abstract_syntax,
+                    command.affected_sop_instance,
+                    context.transfer_syntax,
+                    store.info.calling_ae,
+                )
+            )
+        except OSError as e:
+            self._fail(f"cannot create a staging file: {e}")
+
+    def _fail(self, why: str) -> None:
+        self.error = why
+        if self.staged is not None:
+            with contextlib.suppress(OSError):
+                self.staged.discard()
+            self.staged = None
+
+    def write(self, data: memoryview) -> None:
+        if self.error is not None:
+            return
+        assert self.staged is not None
+        try:
+            self.staged.write(data)
+        except OSError as e:
+            self._fail(f"cannot write the staging file: {e}")
+            return
+        if self._prefix is not None:
+            self._prefix += data
+            try:
+                self._raw = header.walk(self._prefix, implicit=self._implicit, little=self._little, complete=False)
+                self._prefix = None
+            except header.NeedMore:
+                if len(self._prefix) > MAX_HEADER_PREFIX:
+                    self._prefix = None  # read it from the staged file at the end
+            except header.HeaderError:
+                self._prefix = None
+
+    def abort(self, reason: str) -> None:
+        self.store.log.warning(
+            "instance not completed (%s): nothing kept",
+            reason,
+            extra={"sop_instance": self.command.affected_sop_instance},
+        )
+        self._fail(reason)
+
+    def finish(self) -> StoreResult | Awaitable[StoreResult]:
+        counts = self.store.counts
+        if self.error is not None or self.staged is None:
+            counts.failed += 1
+            self.store.log.error(
+                "instance not stored: %s", self.error, extra={"sop_instance": self.command.affected_sop_instance}
+            )
+            return StoreResult(dimse.OUT_OF_RESOURCES, (self.error or "storage failure")[:64])
+        staged = self.staged
+        counts.bytes += staged.size
+        if self._raw is None and self._prefix is not None:
+            try:
+                self._raw = header.walk(self._prefix, implicit=self._implicit, little=self._little, complete=True)
+            except header.HeaderError:
+                self._raw = None
+        self._prefix = None
+        values = self._values()
+        problem, study_date = _check_required(values)
+        if problem is not None:
+            return self._reject(problem)
+        assert study_date is not None
+        aet = self.store.info.calling_ae
+        try:
+            path = instance_path(aet, values)
+        except ValueError as e:
+            return self._reject(f"no safe storage path: {e}")
+        row = _row(path, aet, values, study_date, self.store.info.ulid)
+        files = self.store.ingest.files
+        if files.fsync and self.store.ingest.executor is not None:
+            return self._commit_in_executor(staged, path, row)
+        try:
+            staged.commit(path)
+        except OSError as e:
+            self._fail(f"cannot publish the file: {e}")
+            return self.finish()
+        return self._stored(row)
+
+    async def _commit_in_executor(self, staged: StagedFile, path: str, row: PacsFileRow) -> StoreResult:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.store.ingest.executor, staged.commit, path)
+        except OSError as e:
+            self._fail(f"cannot publish the file: {e}")
+            result = self.finish()
+            assert isinstance(result, StoreResult)
+            return result
+        return self._stored(row)
+
+    def _stored(self, row: PacsFileRow) -> StoreResult:
+        self.store.counts.stored += 1
+        self.staged = None
+        self.store.ingest.submit(row)
+        self.store.log.debug("stored", extra={"path": row.fname})
+        return StoreResult(dimse.SUCCESS)
+
+    def _values(self) -> dict[str, str | None]:
+        if self._raw is not None:
+            decoded = header.decode_values(self._raw)
+        else:
+            decoded = _values_with_pydicom(self.staged.path if self.staged else None)
+        return {k: first_value(v) for k, v in decoded.items()}
+
+    def _reject(self, problem: str) -> StoreResult:
+        counts = self.store.counts
+        counts.rejected += 1
+        counts.reasons[problem] = counts.reasons.get(problem, 0) + 1
+        self.store.log.error(
+            "instance rejected: %s", problem, extra={"sop_instance": self.command.affected_sop_instance}
+        )
+        self._fail(problem)
+        return StoreResult(dimse.CANNOT_UNDERSTAND, problem[:64])
+
+
+def _check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:
+    for keyword in REQUIRED:
+        if not tts(values.get(keyword)):
+            return f"missing required tag {keyword}", None
+    raw_date = tts(values["StudyDate"])
+    study_date = parse_study_date(raw_date)
+    if study_date is None:
+        return f"invalid StudyDate {raw_date!r}", None
+    return None, study_date
+
+
+def _row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, ulid: str) -> PacsFileRow:
+    def text(keyword: str) -> str:
+        return tts(v.get(keyword)) or ""
+
+    return PacsFileRow(
+        fname=path,
+        pacs_identifier=aet,
+        PatientID=text("PatientID"),
+        StudyDate=study_date,
+        StudyInstanceUID=text("StudyInstanceUID"),
+        SeriesInstanceUID=text("SeriesInstanceUID"),
+        PatientName=text("PatientName"),
+        PatientBirthDate=tts(v.get("PatientBirthDate")),
+        PatientAge=parse_patient_age(v.get("PatientAge")),
+        PatientSex=text("PatientSex"),
+        AccessionNumber=text("AccessionNumber"),
+        Modality=text("Modality"),
+        ProtocolName=text("ProtocolName"),
+        StudyDescription=text("StudyDescription"),
+        SeriesDescription=text("SeriesDescription"),
+        association=ulid,
+    )
+
+
+def _values_with_pydicom(path: str | None) -> dict[str, str | None]:
+    """Slow path for headers the walker could not read: let pydicom parse the staged file."""
+    out: dict[str, str | None] = dict.fromkeys(header.KEYWORDS)
+    if path is None:
+        return out
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as e:  # any parse failure means: the tags are not there
+        log.warning("pydicom could not read a staged header either: %s", e)
+        return out
+    for keyword in header.KEYWORDS:
+        elem = ds.get(keyword)
+        if elem is None or elem.value in (None, ""):
+            continue
+        value = elem.value
+        if isinstance(value, pydicom.multival.MultiValue):
+            value = "\\".join(str(x) for x in value)
+        out[keyword] = str(value)
+    return out

@@ -1,0 +1,125 @@
+"""Atomic file writes into the files root: stage under a temporary name, then rename into place.
+
+Staged files live in ``{files_root}/.oxidicom-staging`` (same filesystem, so the rename is
+atomic and series folders never show partial files). With ``fsync`` on, the data is made
+durable before the rename and the directory entry after it, so an acknowledged instance
+survives a power loss, not only a crash of the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+from pathlib import Path
+
+STAGING_DIR = ".oxidicom-staging"
+_O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+class FilesRoot:
+    """The storage root: where instances are staged and where they land."""
+
+    def __init__(self, root: Path, *, fsync: bool) -> None:
+        self.root = root.resolve()
+        self.staging = self.root / STAGING_DIR
+        self.fsync = fsync
+        self._counter = itertools.count()
+        self._known_dirs: set[str] = set()
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self._prefix = f"{os.getpid()}-"
+
+    def stage(self, header: bytes) -> StagedFile:
+        name = f"{self._prefix}{next(self._counter)}.part"
+        path = os.path.join(self.staging, name)
+        return StagedFile(self, path, header)
+
+    def clean_staging(self) -> int:
+        """Remove staged leftovers of earlier runs (call before accepting associations)."""
+        removed = 0
+        for entry in os.scandir(self.staging):
+            if entry.name.endswith(".part"):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def absolute(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory not in self._known_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._known_dirs.add(directory)
+
+    def publish(self, staged_path: str, relative: str) -> None:
+        """Rename a complete staged file to ``relative`` (replacing any file already there)."""
+        final = self.absolute(relative)
+        directory = os.path.dirname(final)
+        self._ensure_dir(directory)
+        try:
+            os.rename(staged_path, final)
+        except FileNotFoundError:  # the folder was removed behind our back: recreate once
+            self._known_dirs.discard(directory)
+            self._ensure_dir(directory)
+            os.rename(staged_path, final)
+        if self.fsync:
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def write_empty(self, relative: str) -> None:
+        """Atomically create an empty file at ``relative`` (marker files)."""
+        staged = self.stage(b"")
+        staged.close()
+        self.publish(staged.path, relative)
+
+
+class StagedFile:
+    """A file being written under a temporary name."""
+
+    __slots__ = ("_fd", "owner", "path", "size")
+
+    def __init__(self, owner: FilesRoot, path: str, header: bytes) -> None:
+        self.owner = owner
+        self.path = path
+        self._fd: int | None = os.open(path, _O_FLAGS, 0o644)
+        self.size = 0
+        if header:
+            self.write(header)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except InterruptedError:  # pragma: no cover - EINTR is retried by Python already
+                continue
+            view = view[n:]
+            self.size += n
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                if self.owner.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def commit(self, relative: str) -> None:
+        """Make the file durable (if configured) and rename it into place."""
+        self.close()
+        self.owner.publish(self.path, relative)
+
+    def discard(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self.path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
