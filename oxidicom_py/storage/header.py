@@ -83,6 +83,10 @@ class _Walker:
             raise HeaderError(f"invalid VR {vr!r} at offset {pos}")
         return tag, self.u16(self.buf, pos + 6)[0], vr, 8
 
+    def looks_explicit(self, pos: int) -> bool:
+        vr = self.buf[pos + 4 : pos + 6]
+        return len(vr) == 2 and 65 <= vr[0] <= 90 and 65 <= vr[1] <= 90
+
     def skip_sequence(self, pos: int, implicit: bool, depth: int) -> int:
         """Skip the items of an undefined-length sequence starting at ``pos``; return the end."""
         if depth > _MAX_DEPTH:
@@ -111,20 +115,34 @@ class _Walker:
         return pos + length
 
 
-def walk(prefix: bytes | bytearray | memoryview, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
+Buffer = bytes | bytearray | memoryview
+
+
+def walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
     """Raw values of the wanted top-level elements found in ``prefix``.
 
     Raises :class:`NeedMore` when ``prefix`` ends before the walk is done and ``complete``
-    is false (more of the dataset is still to come).
+    is false (more of the dataset is still to come). A dataset announced as explicit VR
+    whose first element is implicit (some senders do this) is read as implicit, as
+    pydicom does.
     """
+    try:
+        return _walk(prefix, implicit=implicit, little=little, complete=complete)
+    except HeaderError:
+        if implicit or len(prefix) < 6 or _Walker(prefix, little).looks_explicit(0):
+            raise
+        return _walk(prefix, implicit=True, little=little, complete=complete)
+
+
+def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
     w = _Walker(prefix, little)
     found: dict[str, bytes] = {}
     pos = 0
     try:
         while pos < w.end:
-            tag, length, vr, hdr = w.element_header(pos, implicit)
-            if tag > LAST_WANTED:
+            if w.tag_at(pos) > LAST_WANTED:
                 return found
+            tag, length, vr, hdr = w.element_header(pos, implicit)
             if length == _UNDEFINED:
                 pos = w.skip_sequence(pos + hdr, implicit or vr == b"UN", 1)
                 continue
@@ -139,7 +157,7 @@ def walk(prefix: bytes | bytearray | memoryview, *, implicit: bool, little: bool
         if complete:  # the dataset ends inside an element: keep what was found before it
             return found
         raise
-    if pos > w.end and not complete:
+    if not complete:  # ran out of bytes before passing the last wanted tag
         raise NeedMore
     return found
 
