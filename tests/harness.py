@@ -1,0 +1,196 @@
+"""Test helpers: an in-process receiver on a background event loop, a raw DICOM client, peers' env.
+
+Only 127.0.0.1 is ever a network target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from oxidicom_py.net import pdu
+from oxidicom_py.net.association import AcceptorConfig
+from oxidicom_py.net.negotiation import AcceptancePolicy
+from oxidicom_py.net.server import Listener
+from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.storage.ingest import Ingest
+from oxidicom_py.storage.writer import FilesRoot
+
+PROJECT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def peer_env(**extra: str) -> dict[str, str]:
+    """Environment for DCMTK tools and Orthanc: Nagle off, or every C-STORE costs ~40 ms."""
+    return {**os.environ, "TCP_NODELAY": "1", **extra}
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def load_script(name: str) -> Any:
+    """Import ``sample_data/<name>.py`` (not a package) as a module."""
+    path = PROJECT / "sample_data" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"sample_data_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class InProcessReceiver:
+    """The real listener and storage path on a background uvloop; registration collected in a list."""
+
+    def __init__(
+        self,
+        files_root: Path,
+        *,
+        ae_title: str = "OXITEST",
+        max_pdu: int = 131072,
+        strict: bool = False,
+        promiscuous: bool = False,
+        uncompressed_only: bool = False,
+        fsync: bool = False,
+        artim: float = 30.0,
+        max_associations: int = 16,
+    ) -> None:
+        self.rows: list[PacsFileRow] = []
+        self.outcomes: list[str] = []
+        self.files = FilesRoot(files_root, fsync=fsync)
+        self.config = AcceptorConfig(
+            ae_title, max_pdu, strict, AcceptancePolicy(promiscuous, uncompressed_only), artim_timeout=artim
+        )
+        self.max_associations = max_associations
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def _submit(self, row: PacsFileRow) -> asyncio.Future[bool]:
+        self.rows.append(row)
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        fut.set_result(True)
+        return fut
+
+    def __enter__(self) -> InProcessReceiver:
+        self._thread.start()
+
+        async def start() -> int:
+            self.ingest = Ingest(self.files, self._submit, None)
+            original = self.ingest._closed
+
+            def closed(store: Any) -> None:
+                self.outcomes.append(store.counts)
+                original(store)
+
+            self.ingest._closed = closed  # type: ignore[method-assign]
+            self.listener = Listener(self.config, self.ingest.association, max_associations=self.max_associations)
+            _host, port = await self.listener.start(LOOPBACK, 0)
+            return port
+
+        self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        async def stop() -> None:
+            await self.listener.stop_accepting()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def stored(self) -> list[Path]:
+        return sorted((self.files.root / "SERVICES").rglob("*.dcm"))
+
+    def staged(self) -> list[Path]:
+        return sorted(self.files.staging.iterdir())
+
+    def idle(self) -> bool:
+        return self.ingest.idle.is_set()
+
+
+# -- a raw client, for what real peers never send ------------------------------------------
+
+
+def item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BxH", item_type, len(value)) + value
+
+
+def associate_rq(
+    contexts: list[tuple[int, str, list[str]]],
+    *,
+    calling: str = "RAWSCU",
+    called: str = "OXITEST",
+    max_pdu: int = 16384,
+    app_context: str = "1.2.840.10008.3.1.1.1",
+) -> bytes:
+    body = struct.pack(">HH", 1, 0) + called.ljust(16).encode() + calling.ljust(16).encode() + bytes(32)
+    body += item(0x10, app_context.encode())
+    for cid, abstract, transfers in contexts:
+        sub = item(0x30, abstract.encode()) + b"".join(item(0x40, ts.encode()) for ts in transfers)
+        body += item(0x20, bytes((cid, 0, 0, 0)) + sub)
+    body += item(0x50, item(0x51, struct.pack(">L", max_pdu)) + item(0x52, b"1.2.3.4"))
+    return struct.pack(">BxL", pdu.A_ASSOCIATE_RQ, len(body)) + body
+
+
+def p_data(context_id: int, payload: bytes, *, command: bool, last: bool = True) -> bytes:
+    return pdu.encode_p_data(context_id, payload, command=command, last=last)
+
+
+class RawClient:
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, data: bytes, chunk: int = 0) -> None:
+        if not chunk:
+            self.sock.sendall(data)
+            return
+        for i in range(0, len(data), chunk):
+            self.sock.sendall(data[i : i + chunk])
+
+    def recv_exact(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            part = self.sock.recv(n - len(out))
+            if not part:
+                raise ConnectionError("closed by the receiver")
+            out += part
+        return out
+
+    def recv_pdu(self) -> tuple[int, bytes]:
+        pdu_type, length = struct.unpack(">BxL", self.recv_exact(6))
+        return pdu_type, self.recv_exact(length)
+
+    def closed_by_peer(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes of a Part 10 file after its File Meta Information group."""
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM", path
+    (group_length,) = struct.unpack_from("<L", raw, 132 + 8)
+    return raw[132 + 12 + group_length :]
