@@ -59,7 +59,14 @@ async def start(settings: Settings) -> Running:
     else:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
-    pool = AsyncConnectionPool(uri, min_size=1, max_size=settings.db_pool, open=False, name="oxidicom")
+    pool = AsyncConnectionPool(
+        uri,
+        min_size=1,
+        max_size=settings.db_pool,
+        open=False,
+        name="oxidicom",
+        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
+    )
     try:
         await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
         async with pool.connection() as conn:

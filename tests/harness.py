@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from oxidicom_py.net import pdu
 from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
@@ -78,7 +80,7 @@ class InProcessReceiver:
             ae_title, max_pdu, strict, AcceptancePolicy(promiscuous, uncompressed_only), artim_timeout=artim
         )
         self.max_associations = max_associations
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the loop production runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
 

@@ -126,8 +126,7 @@ class AssociationProtocol(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio subclasses
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:

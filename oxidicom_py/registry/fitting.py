@@ -1,0 +1,120 @@
+"""Fit a :class:`PacsFileRow` to the CUBE v5 column types so that PostgreSQL cannot reject it.
+
+The reference bound raw values and let one odd value (``PatientSex='MALE'``, an unparsable
+birth date, an over-long description) fail the whole batch. Here every value is made
+acceptable before any SQL is sent, and every change other than NUL removal is logged:
+
+* text: NUL removed; surrogate pairs joined, lone surrogates dropped (they cannot be encoded
+  to UTF-8); values longer than their ``varchar(n)`` truncated to ``n`` characters;
+* ``PatientBirthDate``: ``YYYYMMDD`` or ``YYYY-MM-DD``, anything else becomes NULL;
+* ``PatientAge``: clamped to the ``integer`` range;
+* optional text columns are ``''`` when absent, never NULL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from typing import Final, NamedTuple
+
+from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.registry.schema import COLUMN_LIMITS, INT4_MAX, INT4_MIN, PACS_IDENTIFIER_MAX
+
+_DATE_RE: Final = re.compile(r"(\d{4})(\d{2})(\d{2})|(\d{4})-(\d{2})-(\d{2})", re.ASCII)
+
+
+class DbRow(NamedTuple):
+    """Values of one ``pacsfiles_pacsfile`` row, ready to bind (column order of the INSERT)."""
+
+    fname: str
+    PatientID: str
+    PatientName: str
+    StudyInstanceUID: str
+    StudyDescription: str
+    SeriesInstanceUID: str
+    SeriesDescription: str
+    PatientAge: int | None
+    PatientBirthDate: dt.date | None
+    PatientSex: str
+    Modality: str
+    ProtocolName: str
+    StudyDate: dt.date
+    AccessionNumber: str
+    pacs_identifier: str
+
+
+TEXT_COLUMNS: Final = tuple(name for name in DbRow._fields if name in COLUMN_LIMITS)
+
+
+def clean_text(value: str | None) -> tuple[str, bool]:
+    """Return ``value`` without NUL and lone surrogates, and whether surrogates were dropped."""
+    if value is None:
+        return "", False
+    text = str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if text.isascii():
+        return text, False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # UTF-16 round trip: a high+low surrogate pair becomes the real character, lone ones go.
+        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "ignore")
+        return fixed, True
+    return text, False
+
+
+def parse_birth_date(raw: str | None) -> tuple[dt.date | None, bool]:
+    """Parse ``YYYYMMDD`` / ``YYYY-MM-DD``; return ``(date or None, value_was_invalid)``."""
+    if raw is None:
+        return None, False
+    text = str(raw).replace("\x00", "").strip()
+    if not text:
+        return None, False
+    match = _DATE_RE.fullmatch(text)
+    if match is None:
+        return None, True
+    year, month, day = (int(part) for part in match.groups() if part is not None)
+    try:
+        return dt.date(year, month, day), False
+    except ValueError:
+        return None, True
+
+
+def fit_row(row: PacsFileRow, logger: logging.Logger) -> DbRow:
+    """Make every value of ``row`` acceptable to its column, logging each change."""
+
+    def warn(message: str, **fields: object) -> None:
+        logger.warning(message, extra={"association": row.association, "fname": row.fname, **fields})
+
+    def text(column: str, value: str | None, limit: int) -> str:
+        cleaned, had_surrogates = clean_text(value)
+        if had_surrogates:
+            warn("invalid characters removed", column=column)
+        if len(cleaned) > limit:
+            warn("value truncated to column length", column=column, original_length=len(cleaned), limit=limit)
+            cleaned = cleaned[:limit]
+        return cleaned
+
+    birth_date, invalid = parse_birth_date(row.PatientBirthDate)
+    if invalid:
+        warn("invalid PatientBirthDate stored as NULL", column="PatientBirthDate", value=row.PatientBirthDate)
+
+    age = row.PatientAge
+    if age is not None and not INT4_MIN <= age <= INT4_MAX:
+        warn("PatientAge out of integer range, clamped", column="PatientAge", value=age)
+        age = max(INT4_MIN, min(INT4_MAX, age))
+
+    study_date = row.StudyDate
+    if isinstance(study_date, dt.datetime):
+        study_date = study_date.date()
+
+    values = {name: text(name, getattr(row, name), COLUMN_LIMITS[name]) for name in TEXT_COLUMNS}
+    return DbRow(
+        **values,
+        PatientAge=age,
+        PatientBirthDate=birth_date,
+        StudyDate=study_date,
+        pacs_identifier=text("pacs_identifier", row.pacs_identifier, PACS_IDENTIFIER_MAX),
+    )
