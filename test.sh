@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian/Ubuntu machine, then run them all.
+#   ./test.sh                 ruff + the whole pytest suite
+#   ./test.sh -k orthanc      extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Third-party peers the tests run for real: Orthanc (the PACS) and DCMTK (storescu, echoscu).
+if ! command -v storescu >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian packages: orthanc dcmtk"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc dcmtk >/dev/null
+fi
+
+source ./scripts/venv.sh
+ensure_venv ".[test]"
+
+echo "ruff check"
+.venv/bin/ruff check oxidicom_py tests sample_data bench
+exec .venv/bin/pytest "$@"
