@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import subprocess
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         files = [f for folder in folders.values() for f in samples.list_dicom_files(folder)]
         real = expected is not None and len(files) == 576
     except Exception as e:  # no local copy and no network: fall back, loudly
-        print(f"\nsample data unavailable ({e}); using synthetic series instead")
+        warnings.warn(f"sample data unavailable ({e})", stacklevel=1)
         real = False
     if not real:
-        print("\nNOTE: ../shared/sample_data not found: the end-to-end tests use synthetic series (192 + 384)")
+        warnings.warn(
+            "../shared/sample_data not found: the end-to-end tests use synthetic series (192 + 384) "
+            "and cannot check the reference's 576 paths",
+            stacklevel=1,
+        )
         synthetic = load_script("synthetic")
         files = synthetic.generate(dest / "synthetic-a", slices=192, rows=64, cols=64, patient_id="SYNA", seed=1)
         files += synthetic.generate(dest / "synthetic-b", slices=384, rows=64, cols=64, patient_id="SYNB", seed=2)

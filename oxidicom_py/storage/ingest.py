@@ -81,6 +81,9 @@ class AssociationStore:
         self.ingest = ingest
         self.info = info
         self.counts = AssociationCounts()
+        self._inflight = 0  # instances being committed off the event loop
+        self._ended = False
+        self._outcome = ""
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
 
     def begin_instance(self, command: dimse.Command, context: AcceptedContext) -> IncomingInstance:
@@ -88,6 +91,22 @@ class AssociationStore:
         return IncomingInstance(self, command, context)
 
     def closed(self, outcome: str) -> None:
+        self._ended = True
+        self._outcome = outcome
+        if self._inflight == 0:
+            self._finish()
+
+    def _commit_started(self) -> None:
+        self._inflight += 1
+
+    def _commit_done(self) -> None:
+        self._inflight -= 1
+        if self._ended and self._inflight == 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        """The association is over and every instance it acknowledged has been handed on."""
+        outcome = self._outcome
         c = self.counts
         self.log.info(
             "association ended: %s",
@@ -202,6 +221,7 @@ class IncomingInstance:
 
     async def _commit_in_executor(self, staged: StagedFile, path: str, row: PacsFileRow) -> StoreResult:
         loop = asyncio.get_running_loop()
+        self.store._commit_started()
         try:
             await loop.run_in_executor(self.store.ingest.executor, staged.commit, path)
         except OSError as e:
@@ -209,7 +229,10 @@ class IncomingInstance:
             result = self.finish()
             assert isinstance(result, StoreResult)
             return result
-        return self._stored(row)
+        else:
+            return self._stored(row)
+        finally:
+            self.store._commit_done()
 
     def _stored(self, row: PacsFileRow) -> StoreResult:
         self.store.counts.stored += 1
