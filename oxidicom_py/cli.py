@@ -4,26 +4,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
+import signal
+import socket
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from oxidicom_py import settings as settings_mod
 from oxidicom_py.telemetry import logs
 
+T = TypeVar("T")
 
-def _run(coro_factory):  # type: ignore[no-untyped-def]
+
+def _run(coro_factory: Callable[[], Awaitable[T]]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
-        return asyncio.run(coro_factory())
-    return uvloop.run(coro_factory())
+        return asyncio.run(coro_factory())  # type: ignore[arg-type]
+    return uvloop.run(coro_factory())  # type: ignore[arg-type]
+
+
+def _settings() -> settings_mod.Settings | None:
+    try:
+        return settings_mod.load()
+    except settings_mod.SettingsError as e:
+        print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
+        return None
 
 
 def cmd_serve(_args: argparse.Namespace) -> int:
-    try:
-        s = settings_mod.load()
-    except settings_mod.SettingsError as e:
-        print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
+    s = _settings()
+    if s is None:
         return 2
     logs.configure(s.log_level)
     log = logging.getLogger("oxidicom_py.cli")
@@ -40,11 +54,61 @@ def cmd_serve(_args: argparse.Namespace) -> int:
         return 1
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this worker if the supervisor dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One listener process of the pool (started by the supervisor, not by hand)."""
+    _die_with_parent()
+    s = _settings()
+    if s is None or s.db_connection is None:
+        return 2
+    logs.configure(s.log_level, static={"worker": args.index})
+    log = logging.getLogger("oxidicom_py.worker")
+    from oxidicom_py import service
+
+    sock = socket.socket(fileno=args.listen_fd)
+    sock.setblocking(False)
+
+    def ready(_worker: object) -> None:
+        os.write(args.ready_fd, bytes((args.index,)))
+
+    try:
+        clean = _run(
+            lambda: service.run_worker_until_signalled(
+                s,
+                s.db_connection or "",
+                sock,
+                db_pool=args.db_pool,
+                max_associations=args.max_associations,
+                on_ready=ready,
+            )
+        )
+    except Exception as e:
+        log.critical("worker failed: %s", e, exc_info=True)
+        return 1
+    log.info("worker stopped", extra={"clean": clean})
+    return 0 if clean else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oxidicom-py", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="receive DICOM (C-STORE, C-ECHO); configured by OXIDICOM_* variables")
     serve.set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker.add_argument("--listen-fd", type=int, required=True)
+    worker.add_argument("--ready-fd", type=int, required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--db-pool", type=int, required=True)
+    worker.add_argument("--max-associations", type=int, required=True)
+    worker.set_defaults(func=cmd_worker)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

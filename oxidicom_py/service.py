@@ -1,4 +1,10 @@
-"""One receiver process from start to drain: database, storage, registrar, listener, signals."""
+"""The receiver's lifecycle: prepare the shared parts, run a worker (listener + storage +
+registrar) until told to stop, drain.
+
+``serve`` runs everything in one process when ``OXIDICOM_LISTENER_PROCESSES`` is 1;
+otherwise :mod:`oxidicom_py.supervisor` prepares once and runs the workers as processes
+sharing one listening socket.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,18 +35,6 @@ DRAIN_TIMEOUT = 30.0
 DB_CONNECT_TIMEOUT = 30.0
 
 
-@dataclass
-class Running:
-    settings: Settings
-    listener: Listener
-    ingest: Ingest
-    registrar: Registrar
-    pool: AsyncConnectionPool
-    embedded: EmbeddedPostgres | None
-    executor: ThreadPoolExecutor
-    address: tuple[str, int]
-
-
 def redact(uri: str) -> str:
     """A connection string without its password, for logs."""
     if "://" in uri and "@" in uri.split("://", 1)[1]:
@@ -49,7 +45,19 @@ def redact(uri: str) -> str:
     return uri
 
 
-async def start(settings: Settings) -> Running:
+@dataclass
+class Prepared:
+    """What every worker shares: the database (schema in place) and a clean staging area."""
+
+    db_uri: str
+    embedded: EmbeddedPostgres | None
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def prepare(settings: Settings) -> Prepared:
     embedded: EmbeddedPostgres | None = None
     if settings.db_connection is None:
         settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -59,37 +67,72 @@ async def start(settings: Settings) -> Running:
     else:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
-    pool = AsyncConnectionPool(
-        uri,
-        min_size=1,
-        max_size=settings.db_pool,
-        open=False,
-        name="oxidicom",
-        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
-    )
     try:
+        pool = _pool(uri, 1)
         await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-        async with pool.connection() as conn:
-            await ensure_schema(conn)
-    except Exception:
-        await pool.close()
+        try:
+            async with pool.connection() as conn:
+                await ensure_schema(conn)
+        finally:
+            await pool.close()
+        files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
+        leftovers = files.clean_staging()
+    except BaseException:
         if embedded is not None:
-            embedded.stop()
+            await asyncio.to_thread(embedded.stop)
         raise
-    files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
-    leftovers = files.clean_staging()
     log.info(
         "files root ready",
         extra={"files_root": str(files.root), "fsync": settings.storage_fsync, "stale_staged_removed": leftovers},
     )
+    return Prepared(uri, embedded)
+
+
+def _pool(uri: str, size: int) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        uri,
+        min_size=1,
+        max_size=size,
+        open=False,
+        name="oxidicom",
+        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
+    )
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.listener_address, settings.listener_port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class Worker:
+    listener: Listener
+    ingest: Ingest
+    registrar: Registrar
+    pool: AsyncConnectionPool
+    executor: ThreadPoolExecutor
+    address: tuple[str, int]
+
+
+async def start_worker(
+    settings: Settings, db_uri: str, sock: socket.socket, *, db_pool: int, max_associations: int
+) -> Worker:
+    """Registrar, storage and listener of one process, accepting on ``sock``."""
+    pool = _pool(db_uri, db_pool)
+    await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
     registrar = Registrar(
         pool,
         batch_size=settings.db_batch_size,
         linger=settings.db_linger_ms / 1000,
-        max_concurrent_batches=settings.db_pool,
+        max_concurrent_batches=db_pool,
         logger=logging.getLogger("oxidicom_py.registry"),
     )
     await registrar.start()
+    files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-io")
     ingest = Ingest(files, registrar.submit, executor if settings.storage_fsync else None)
     config = AcceptorConfig(
@@ -99,52 +142,88 @@ async def start(settings: Settings) -> Running:
         policy=AcceptancePolicy(promiscuous=settings.scp_promiscuous, uncompressed_only=settings.scp_uncompressed_only),
         artim_timeout=settings.scp_artim_timeout,
     )
-    listener = Listener(config, ingest.association, max_associations=settings.listener_threads)
-    address = await listener.start(settings.listener_address, settings.listener_port)
-    return Running(settings, listener, ingest, registrar, pool, embedded, executor, address)
+    listener = Listener(config, ingest.association, max_associations=max_associations)
+    address = await listener.start_on(sock)
+    return Worker(listener, ingest, registrar, pool, executor, address)
 
 
-async def drain(running: Running, timeout: float = DRAIN_TIMEOUT) -> bool:
+async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
     """Stop accepting, let open associations finish, flush registrations, release everything.
 
     Returns True when everything finished within ``timeout``.
     """
     clean = True
-    await running.listener.stop_accepting()
+    await worker.listener.stop_accepting()
     try:
-        await asyncio.wait_for(running.ingest.idle.wait(), timeout)
+        await asyncio.wait_for(worker.ingest.idle.wait(), timeout)
     except TimeoutError:
         clean = False
-        log.warning("associations still open at shutdown", extra={"open": len(running.ingest.active)})
+        log.warning("associations still open at shutdown", extra={"open": len(worker.ingest.active)})
     try:
-        await asyncio.wait_for(running.registrar.close(), timeout)
+        await asyncio.wait_for(worker.registrar.close(), timeout)
     except TimeoutError:
         clean = False
-        log.error("registrations still pending at shutdown", extra={"pending": running.registrar.pending})
-    await running.pool.close()
-    running.executor.shutdown(wait=True)
-    if running.embedded is not None:
-        await asyncio.to_thread(running.embedded.stop)
-    log.info("stopped", extra={"clean": clean})
+        log.error("registrations still pending at shutdown", extra={"pending": worker.registrar.pending})
+    await worker.pool.close()
+    worker.executor.shutdown(wait=True)
     return clean
+
+
+def on_stop_signal(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, callback)
+
+
+async def run_worker_until_signalled(
+    settings: Settings,
+    db_uri: str,
+    sock: socket.socket,
+    *,
+    db_pool: int,
+    max_associations: int,
+    on_ready: Callable[[Worker], None],
+) -> bool:
+    stop = asyncio.Event()
+    on_stop_signal(stop.set)
+    worker = await start_worker(settings, db_uri, sock, db_pool=db_pool, max_associations=max_associations)
+    on_ready(worker)
+    await stop.wait()
+    log.info("draining")
+    return await drain(worker)
 
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
-    running = await start(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "ready",
-        extra={
-            "ae_title": settings.scp_aet,
-            "address": f"{running.address[0]}:{running.address[1]}",
-            "files_root": str(running.ingest.files.root),
-        },
-    )
-    await stop.wait()
-    log.info("shutting down")
-    return 0 if await drain(running) else 1
+    if settings.listener_processes > 1:
+        from oxidicom_py.supervisor import Supervisor
+
+        return await Supervisor(settings).run()
+    prepared = await prepare(settings)
+    try:
+        sock = bind_listener(settings)
+
+        def ready(worker: Worker) -> None:
+            log.info(
+                "ready",
+                extra={
+                    "ae_title": settings.scp_aet,
+                    "address": f"{worker.address[0]}:{worker.address[1]}",
+                    "files_root": str(worker.ingest.files.root),
+                    "processes": 1,
+                },
+            )
+
+        clean = await run_worker_until_signalled(
+            settings,
+            prepared.db_uri,
+            sock,
+            db_pool=settings.db_pool,
+            max_associations=settings.listener_threads,
+            on_ready=ready,
+        )
+    finally:
+        await asyncio.to_thread(prepared.stop)
+    log.info("stopped", extra={"clean": clean})
+    return 0 if clean else 1

@@ -41,6 +41,7 @@ class Settings:
     scp_artim_timeout: float = 30.0
     pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     listener_threads: int = 64
+    listener_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     listener_port: int = 11111
     listener_address: str = "0.0.0.0"
     verbose: bool = False
@@ -184,6 +185,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         scp_artim_timeout=_get(e, "OXIDICOM_SCP_ARTIM_TIMEOUT", _positive_float, d.scp_artim_timeout),
         pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
         listener_threads=_get(e, "OXIDICOM_LISTENER_THREADS", _int(1, 100_000), d.listener_threads),
+        listener_processes=_get(e, "OXIDICOM_LISTENER_PROCESSES", _int(1, 256), d.listener_processes),
         listener_port=_get(e, "OXIDICOM_LISTENER_PORT", _int(1, 65535), d.listener_port),
         listener_address=_get(e, "OXIDICOM_LISTENER_ADDRESS", _non_empty, d.listener_address),
         verbose=verbose,
@@ -207,6 +209,7 @@ DOCUMENTED = (
     "OXIDICOM_SCP_ARTIM_TIMEOUT",
     "OXIDICOM_PACS_ADDRESS",
     "OXIDICOM_LISTENER_THREADS",
+    "OXIDICOM_LISTENER_PROCESSES",
     "OXIDICOM_LISTENER_PORT",
     "OXIDICOM_LISTENER_ADDRESS",
     "OXIDICOM_VERBOSE",

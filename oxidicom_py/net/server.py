@@ -54,11 +54,18 @@ class Listener:
         return AssociationProtocol(self.config, self._established, self._admission)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind and listen on ``host:port`` (port 0: any free port)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+        sock.setblocking(False)
+        return await self.start_on(sock)
+
+    async def start_on(self, sock: socket.socket) -> tuple[str, int]:
+        """Accept on an already listening socket (possibly shared with other worker processes)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            self._protocol, host=host, port=port, reuse_address=True, backlog=512, family=socket.AF_INET
-        )
-        sock = self.server.sockets[0]
+        self.server = await loop.create_server(self._protocol, sock=sock, backlog=512)
         bound = sock.getsockname()
         log.info("listening on tcp://%s:%d", bound[0], bound[1], extra={"ae_title": self.config.ae_title})
         return bound[0], bound[1]

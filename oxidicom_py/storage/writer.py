@@ -34,11 +34,13 @@ class FilesRoot:
         path = os.path.join(self.staging, name)
         return StagedFile(self, path, header)
 
-    def clean_staging(self) -> int:
-        """Remove staged leftovers of earlier runs (call before accepting associations)."""
+    def clean_staging(self, pid: int | None = None) -> int:
+        """Remove staged leftovers: all of them (before any worker accepts associations), or
+        those of one process that died (``pid``)."""
         removed = 0
+        prefix = f"{pid}-" if pid is not None else ""
         for entry in os.scandir(self.staging):
-            if entry.name.endswith(".part"):
+            if entry.name.endswith(".part") and entry.name.startswith(prefix):
                 os.unlink(entry.path)
                 removed += 1
         return removed

@@ -29,10 +29,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def configure(level: str = "INFO", stream: IO[str] | None = None) -> None:
-    """Send every ``oxidicom_py`` log line to ``stream`` (stderr by default) as JSON."""
+class _StaticFields(logging.Filter):
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in self.fields.items():
+            if not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure(level: str = "INFO", stream: IO[str] | None = None, static: dict[str, Any] | None = None) -> None:
+    """Send every ``oxidicom_py`` log line to ``stream`` (stderr by default) as JSON, with
+    ``static`` fields (e.g. the worker index) on every line."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    if static:
+        handler.addFilter(_StaticFields(static))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -1,0 +1,160 @@
+"""A pool of listener processes sharing one listening socket.
+
+The supervisor prepares what workers share (database and schema, a clean staging area),
+binds the port once and starts ``OXIDICOM_LISTENER_PROCESSES`` workers that all accept on
+that socket: the kernel hands each new connection to a worker that is waiting in
+``accept``, so a busy worker takes fewer (unlike SO_REUSEPORT, which spreads by a hash of
+the client address). A worker that dies is replaced, after its staged files are removed.
+SIGTERM/SIGINT: every worker drains (stops accepting, finishes its associations, flushes
+registrations) and exits; then the supervisor stops the embedded database and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+
+from oxidicom_py.service import DRAIN_TIMEOUT, bind_listener, on_stop_signal, prepare
+from oxidicom_py.settings import Settings
+from oxidicom_py.storage.writer import FilesRoot
+
+log = logging.getLogger("oxidicom_py.supervisor")
+
+READY_TIMEOUT = 60.0
+RESTART_BACKOFF_MAX = 10.0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.n = settings.listener_processes
+        self.db_pool = max(1, settings.db_pool // self.n)
+        self.max_associations = max(1, -(-settings.listener_threads // self.n))
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self.restarts = 0
+        self._ready_slots: set[int] = set()
+        self._all_ready = asyncio.Event()
+
+    async def run(self) -> int:
+        prepared = await prepare(self.settings)
+        try:
+            return await self._supervise(prepared.db_uri)
+        finally:
+            await asyncio.to_thread(prepared.stop)
+
+    async def _supervise(self, db_uri: str) -> int:
+        sock = bind_listener(self.settings)
+        ready_r, ready_w = os.pipe()
+        os.set_blocking(ready_r, False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ready_r, self._on_ready_bytes, ready_r)
+        stop = asyncio.Event()
+        on_stop_signal(stop.set)
+        env = {**os.environ, "OXIDICOM_DB_CONNECTION": db_uri}
+        watchers = [asyncio.create_task(self._keep_alive(slot, sock.fileno(), ready_w, env)) for slot in range(self.n)]
+        exit_codes: list[int] = []
+        try:
+            await asyncio.wait(
+                [asyncio.create_task(self._all_ready.wait()), asyncio.create_task(stop.wait())],
+                timeout=READY_TIMEOUT,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if self._all_ready.is_set():
+                host, port = sock.getsockname()[:2]
+                log.info(
+                    "ready",
+                    extra={
+                        "ae_title": self.settings.scp_aet,
+                        "address": f"{host}:{port}",
+                        "files_root": str(self.settings.files_root.resolve()),
+                        "processes": self.n,
+                        "worker_pids": sorted(p.pid for p in self.procs.values()),
+                    },
+                )
+            elif not stop.is_set():
+                log.error("workers did not become ready in time", extra={"ready": len(self._ready_slots)})
+                stop.set()
+            await stop.wait()
+            log.info("shutting down: draining workers", extra={"processes": len(self.procs)})
+            self.stopping = True
+            exit_codes = await self._stop_workers()
+        finally:
+            self.stopping = True
+            for w in watchers:
+                w.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+            loop.remove_reader(ready_r)
+            os.close(ready_r)
+            os.close(ready_w)
+            sock.close()
+        clean = bool(exit_codes) and all(code == 0 for code in exit_codes)
+        log.info("stopped", extra={"clean": clean, "worker_exit_codes": exit_codes, "restarts": self.restarts})
+        return 0 if clean else 1
+
+    def _on_ready_bytes(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            for slot in os.read(fd, 256):
+                self._ready_slots.add(slot)
+        if len(self._ready_slots) >= self.n:
+            self._all_ready.set()
+
+    async def _spawn(self, slot: int, listen_fd: int, ready_fd: int, env: dict[str, str]) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "oxidicom_py",
+            "worker",
+            "--listen-fd",
+            str(listen_fd),
+            "--ready-fd",
+            str(ready_fd),
+            "--index",
+            str(slot),
+            "--db-pool",
+            str(self.db_pool),
+            "--max-associations",
+            str(self.max_associations),
+        ]
+        proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(listen_fd, ready_fd))
+        self.procs[slot] = proc
+        log.info("worker started", extra={"worker": slot, "pid": proc.pid})
+
+    async def _keep_alive(self, slot: int, listen_fd: int, ready_fd: int, env: dict[str, str]) -> None:
+        backoff = 0.1
+        while not self.stopping:
+            started = time.monotonic()
+            await self._spawn(slot, listen_fd, ready_fd, env)
+            proc = self.procs[slot]
+            code = await proc.wait()
+            if self.stopping:
+                return
+            self.restarts += 1
+            removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=proc.pid)
+            log.error(
+                "worker died; starting a new one",
+                extra={"worker": slot, "pid": proc.pid, "exit_code": code, "staged_removed": removed},
+            )
+            backoff = 0.1 if time.monotonic() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
+            await asyncio.sleep(backoff)
+
+    async def _stop_workers(self) -> list[int]:
+        procs = list(self.procs.values())
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in procs:
+            try:
+                codes.append(await asyncio.wait_for(proc.wait(), DRAIN_TIMEOUT * 2 + 10))
+            except TimeoutError:
+                log.error("worker did not drain in time; killing it", extra={"pid": proc.pid})
+                proc.kill()
+                codes.append(await proc.wait())
+        return codes

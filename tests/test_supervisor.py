@@ -1,0 +1,113 @@
+"""The pool of listener processes: shared port, restart of a dead worker, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import psutil
+import psycopg
+import pydicom
+import pytest
+from harness import LOOPBACK, load_script, peer_env, wait_until
+from peers import ServeProcess
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(db: str) -> int:
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT count(*) FROM pacsfiles_pacsfile").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["storescu", "-aet", "POOLTEST", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
+        env=peer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _workers(rx: ServeProcess) -> list[psutil.Process]:
+    assert rx.proc is not None
+    return [p for p in psutil.Process(rx.proc.pid).children() if "worker" in p.cmdline()]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    synthetic = load_script("synthetic")
+    return synthetic.generate(tmp_path_factory.mktemp("pool"), n_series=4, slices=50, rows=64, cols=64)
+
+
+def _env(db_uri: str, tmp_path: Path, processes: int = 2) -> dict[str, str]:
+    return {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIDICOMTEST",
+        "OXIDICOM_LISTENER_PROCESSES": str(processes),
+    }
+
+
+def test_workers_share_the_port_and_all_instances_arrive(tmp_path: Path, db_uri: str, files: list[Path]) -> None:
+    with ServeProcess(_env(db_uri, tmp_path), tmp_path) as rx:
+        assert len(_workers(rx)) == 2
+        senders = [_storescu(rx.port, files[i::4]) for i in range(4)]
+        for s in senders:
+            _out, err = s.communicate(timeout=120)
+            assert s.returncode == 0, err
+        wait_until(lambda: _rows(db_uri) == len(files), 30, what="every row")
+        assert len(list((tmp_path / "files" / "SERVICES").rglob("*.dcm"))) == len(files)
+        served_by = {line.get("worker") for line in rx.lines if line.get("msg", "").startswith("association ended")}
+        assert served_by <= {0, 1} and len(served_by) >= 1
+    assert rx.proc is not None and rx.proc.returncode == 0
+
+
+def test_a_killed_worker_is_replaced(tmp_path: Path, db_uri: str, files: list[Path]) -> None:
+    with ServeProcess(_env(db_uri, tmp_path), tmp_path) as rx:
+        victim = _workers(rx)[0]
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_until(
+            lambda: any(line.get("msg") == "worker died; starting a new one" for line in rx.lines), 10, what="restart"
+        )
+        wait_until(lambda: len([w for w in _workers(rx) if w.pid != victim.pid]) == 2, 30, what="a new worker")
+        wait_until(lambda: sum(1 for line in rx.lines if str(line.get("msg", "")).startswith("listening")) >= 3, 30)
+        s = _storescu(rx.port, files[:20])
+        _out, err = s.communicate(timeout=60)
+        assert s.returncode == 0, err
+        wait_until(lambda: _rows(db_uri) == 20, 30, what="rows after the restart")
+    assert rx.proc is not None and rx.proc.returncode == 0
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files: list[Path], processes: int) -> None:
+    """An association open when SIGTERM arrives keeps working until its release; then the
+    process exits 0 with every acknowledged instance registered, and the port is closed."""
+    ae = AE(ae_title="DRAINSCU")
+    ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
+    datasets = [pydicom.dcmread(f) for f in files[:6]]
+    with ServeProcess(_env(db_uri, tmp_path, processes), tmp_path) as rx:
+        assoc = ae.associate(LOOPBACK, rx.port, ae_title="OXIDICOMTEST")
+        assert assoc.is_established
+        assert assoc.send_c_store(datasets[0]).Status == 0
+        assert rx.proc is not None
+        rx.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: any(line.get("msg") == "draining" for line in rx.lines), 10, what="draining")
+        statuses = [assoc.send_c_store(ds).Status for ds in datasets[1:]]
+        assert statuses == [0] * 5
+        assert rx.proc.poll() is None  # still serving the open association
+        assoc.release()
+        assert rx.proc.wait(60) == 0
+        assert _rows(db_uri) == 6  # every acknowledged instance registered before exit
+        assert any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines)
+        refused = subprocess.run(
+            ["echoscu", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port)], env=peer_env(), capture_output=True, timeout=30
+        )
+        assert refused.returncode != 0
