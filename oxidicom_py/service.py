@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
+from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.registry.embedded import EmbeddedPostgres
 from oxidicom_py.registry.registrar import Registrar
@@ -110,7 +111,7 @@ def bind_listener(settings: Settings) -> socket.socket:
 
 @dataclass
 class Worker:
-    listener: Listener
+    listener: Listener | PynetdicomListener
     ingest: Ingest
     registrar: Registrar
     pool: AsyncConnectionPool
@@ -142,7 +143,11 @@ async def start_worker(
         policy=AcceptancePolicy(promiscuous=settings.scp_promiscuous, uncompressed_only=settings.scp_uncompressed_only),
         artim_timeout=settings.scp_artim_timeout,
     )
-    listener = Listener(config, ingest.association, max_associations=max_associations)
+    listener: Listener | PynetdicomListener
+    if settings.scp_implementation == "pynetdicom":
+        listener = PynetdicomListener(config, ingest.association, max_associations=max_associations)
+    else:
+        listener = Listener(config, ingest.association, max_associations=max_associations)
     address = await listener.start_on(sock)
     return Worker(listener, ingest, registrar, pool, executor, address)
 

@@ -39,6 +39,7 @@ class Settings:
     scp_promiscuous: bool = False
     scp_max_pdu_length: int = 131072
     scp_artim_timeout: float = 30.0
+    scp_implementation: str = "asyncio"
     pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     listener_threads: int = 64
     listener_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
@@ -93,6 +94,13 @@ def _positive_float(name: str, raw: str) -> float:
         raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
     if not v > 0:
         raise SettingsError(f"{name}: must be greater than 0, got {raw!r}")
+    return v
+
+
+def _implementation(name: str, raw: str) -> str:
+    v = raw.strip().lower()
+    if v not in {"asyncio", "pynetdicom"}:
+        raise SettingsError(f"{name}: expected asyncio or pynetdicom, got {raw!r}")
     return v
 
 
@@ -183,6 +191,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         scp_promiscuous=_get(e, "OXIDICOM_SCP_PROMISCUOUS", parse_bool, d.scp_promiscuous),
         scp_max_pdu_length=_get(e, "OXIDICOM_SCP_MAX_PDU_LENGTH", _max_pdu, d.scp_max_pdu_length),
         scp_artim_timeout=_get(e, "OXIDICOM_SCP_ARTIM_TIMEOUT", _positive_float, d.scp_artim_timeout),
+        scp_implementation=_get(e, "OXIDICOM_SCP_IMPLEMENTATION", _implementation, d.scp_implementation),
         pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
         listener_threads=_get(e, "OXIDICOM_LISTENER_THREADS", _int(1, 100_000), d.listener_threads),
         listener_processes=_get(e, "OXIDICOM_LISTENER_PROCESSES", _int(1, 256), d.listener_processes),
@@ -207,6 +216,7 @@ DOCUMENTED = (
     "OXIDICOM_SCP_PROMISCUOUS",
     "OXIDICOM_SCP_MAX_PDU_LENGTH",
     "OXIDICOM_SCP_ARTIM_TIMEOUT",
+    "OXIDICOM_SCP_IMPLEMENTATION",
     "OXIDICOM_PACS_ADDRESS",
     "OXIDICOM_LISTENER_THREADS",
     "OXIDICOM_LISTENER_PROCESSES",

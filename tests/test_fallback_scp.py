@@ -1,0 +1,58 @@
+"""The pynetdicom fallback acceptor (OXIDICOM_SCP_IMPLEMENTATION=pynetdicom) feeds the same storage path."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pydicom
+import pytest
+from harness import LOOPBACK, dataset_bytes, load_script, peer_env, wait_until
+from peers import ServeProcess
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage
+
+from oxidicom_py.net import dimse
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(db: str) -> list[tuple[str, str]]:
+    with psycopg.connect(db) as conn:
+        return conn.execute('SELECT fname, "Modality" FROM pacsfiles_pacsfile').fetchall()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_pynetdicom_acceptor_stores_and_registers(tmp_path: Path, db_uri: str, processes: int) -> None:
+    synthetic = load_script("synthetic")
+    files = synthetic.generate(tmp_path / "src", n_series=2, slices=10, rows=64, cols=64)
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIDICOMTEST",
+        "OXIDICOM_SCP_IMPLEMENTATION": "pynetdicom",
+        "OXIDICOM_LISTENER_PROCESSES": str(processes),
+    }
+    with ServeProcess(env, tmp_path) as rx:
+        assert any("(pynetdicom)" in str(line.get("msg")) for line in rx.lines)
+        proc = subprocess.run(
+            ["storescu", "-aet", "FALLBACK", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port), *map(str, files)],
+            env=peer_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        ae = AE(ae_title="PYSCU")
+        ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
+        assoc = ae.associate(LOOPBACK, rx.port, ae_title="OXIDICOMTEST")
+        bad = pydicom.dcmread(files[0])
+        del bad.StudyInstanceUID
+        rsp = assoc.send_c_store(bad)
+        assoc.release()
+        assert rsp.Status == dimse.CANNOT_UNDERSTAND and "StudyInstanceUID" in rsp.ErrorComment
+        wait_until(lambda: len(_rows(db_uri)) == len(files), 30, what="every row")
+        stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
+        assert sorted(dataset_bytes(p) for p in stored) == sorted(dataset_bytes(p) for p in files)
+    assert rx.proc is not None and rx.proc.returncode == 0
