@@ -84,7 +84,12 @@ async def prepare(settings: Settings) -> Prepared:
         raise
     log.info(
         "files root ready",
-        extra={"files_root": str(files.root), "fsync": settings.storage_fsync, "stale_staged_removed": leftovers},
+        extra={
+            "files_root": str(files.root),
+            "fsync": files.fsync,
+            "in_memory_filesystem": files.in_memory,
+            "stale_staged_removed": leftovers,
+        },
     )
     return Prepared(uri, embedded)
 
@@ -135,7 +140,7 @@ async def start_worker(
     await registrar.start()
     files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-io")
-    ingest = Ingest(files, registrar.submit, executor if settings.storage_fsync else None)
+    ingest = Ingest(files, registrar.submit, executor if files.fsync else None)
     config = AcceptorConfig(
         ae_title=settings.scp_aet,
         max_pdu_length=settings.scp_max_pdu_length,

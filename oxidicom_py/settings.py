@@ -28,7 +28,7 @@ class SettingsError(ValueError):
 class Settings:
     db_connection: str | None = None
     db_pool: int = 10
-    db_batch_size: int = 20
+    db_batch_size: int = 100
     db_linger_ms: int = 20
     state_dir: Path = Path("oxidicom-data")
     files_root: Path = Path("oxidicom-data/files")

@@ -15,7 +15,7 @@ from oxidicom_py.settings import SettingsError, load, parse_pacs_address
 def test_defaults_without_any_variable() -> None:
     s = load({})
     assert s.db_connection is None and s.embedded_db
-    assert s.db_pool == 10 and s.db_batch_size == 20
+    assert s.db_pool == 10 and s.db_batch_size == 100
     assert s.scp_aet == "ChRIS"
     assert s.listener_port == 11111
     assert s.files_root == Path("oxidicom-data/files")

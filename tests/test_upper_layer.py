@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -297,3 +299,15 @@ def test_garbage_gets_an_abort_and_the_listener_lives_on(tmp_path: Path, series:
         assert c.recv_pdu()[0] == pdu.A_ABORT
         assert c.closed_by_peer()
         assert storescu(rx.port, series[:1]).returncode == 0
+
+
+def test_fsync_is_skipped_on_tmpfs_only(tmp_path: Path) -> None:
+    from oxidicom_py.storage.writer import FilesRoot, is_in_memory_filesystem
+
+    assert is_in_memory_filesystem(Path("/dev/shm"))
+    assert not is_in_memory_filesystem(Path("/"))
+    assert FilesRoot(Path("/dev/shm") / f"oxidicom-test-{os.getpid()}", fsync=True).fsync is False
+    on_disk = Path("/var/tmp") / f"oxidicom-test-{os.getpid()}"
+    assert FilesRoot(on_disk, fsync=True).fsync is True
+    shutil.rmtree(on_disk)
+    shutil.rmtree(Path("/dev/shm") / f"oxidicom-test-{os.getpid()}")

@@ -8,6 +8,7 @@ exactly with :class:`fractions.Fraction` and rounded to ``f32`` by IEEE
 round-to-nearest-even, so that no double rounding through ``f64`` occurs.
 """
 
+import functools
 import math
 import re
 from fractions import Fraction
@@ -114,8 +115,11 @@ _UNITS: tuple[tuple[str, float], ...] = tuple(
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_patient_age(value: str | None) -> int | None:
-    """Days of a PatientAge string (``030Y`` -> 10957), or ``None`` if it is invalid or absent."""
+    """Days of a PatientAge string (``030Y`` -> 10957), or ``None`` if it is invalid or absent.
+
+    Cached: the exact f32 arithmetic is slow and a series repeats the same few values."""
     if value is None:
         return None
     text = rust_trim(value)

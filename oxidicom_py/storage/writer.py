@@ -17,16 +17,38 @@ STAGING_DIR = ".oxidicom-staging"
 _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
+_IN_MEMORY_FS = {"tmpfs", "ramfs"}
+
+
+def is_in_memory_filesystem(path: Path) -> bool:
+    """True if ``path`` lies on tmpfs or ramfs (from /proc/mounts; longest matching mount point)."""
+    try:
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1:3] for line in f]
+    except OSError:
+        return False
+    target = str(path.resolve())
+    best, fstype = "", ""
+    for mount_point, kind in mounts:
+        mount_point = mount_point.replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, fstype = mount_point, kind
+    return fstype in _IN_MEMORY_FS
+
+
 class FilesRoot:
     """The storage root: where instances are staged and where they land."""
 
     def __init__(self, root: Path, *, fsync: bool) -> None:
         self.root = root.resolve()
         self.staging = self.root / STAGING_DIR
-        self.fsync = fsync
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.in_memory = is_in_memory_filesystem(self.root)
+        # On tmpfs/ramfs nothing survives a power loss whatever we do: fsync would only cost.
+        self.fsync = fsync and not self.in_memory
         self._counter = itertools.count()
         self._known_dirs: set[str] = set()
-        self.staging.mkdir(parents=True, exist_ok=True)
         self._prefix = f"{os.getpid()}-"
 
     def stage(self, header: bytes) -> StagedFile:
