@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--db-pool", type=int, required=True)
     worker.add_argument("--max-associations", type=int, required=True)
     worker.set_defaults(func=cmd_worker)
+    from oxidicom_py.completion import watch
+
+    watch.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
