@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.completion import progress
+from oxidicom_py.completion.tracker import CFindSettings, Tracker
 from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
@@ -122,6 +124,9 @@ class Worker:
     pool: AsyncConnectionPool
     executor: ThreadPoolExecutor
     address: tuple[str, int]
+    tracker: Tracker
+    cfind_executor: ThreadPoolExecutor
+    sweeper: asyncio.Task[None]
 
 
 async def start_worker(
@@ -136,11 +141,25 @@ async def start_worker(
         linger=settings.db_linger_ms / 1000,
         max_concurrent_batches=db_pool,
         logger=logging.getLogger("oxidicom_py.registry"),
+        on_inserted=progress.count_inserted,
     )
     await registrar.start()
     files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-io")
-    ingest = Ingest(files, registrar.submit, executor if files.fsync else None)
+    cfind_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-cfind")
+    tracker = Tracker(
+        files,
+        registrar,
+        CFindSettings(
+            our_aet=settings.scp_aet,
+            pacs_address=settings.pacs_address,
+            connect_timeout=settings.cfind_connect_timeout,
+            response_timeout=settings.cfind_timeout,
+        ),
+        cfind_executor,
+        executor if files.fsync else None,
+    )
+    ingest = Ingest(files, registrar.submit, executor if files.fsync else None, tracker)
     config = AcceptorConfig(
         ae_title=settings.scp_aet,
         max_pdu_length=settings.scp_max_pdu_length,
@@ -154,7 +173,8 @@ async def start_worker(
     else:
         listener = Listener(config, ingest.association, max_associations=max_associations)
     address = await listener.start_on(sock)
-    return Worker(listener, ingest, registrar, pool, executor, address)
+    sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
+    return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper)
 
 
 async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
@@ -170,13 +190,37 @@ async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
         clean = False
         log.warning("associations still open at shutdown", extra={"open": len(worker.ingest.active)})
     try:
+        await asyncio.wait_for(worker.tracker.idle(), timeout)
+    except TimeoutError:
+        clean = False
+        log.warning("series markers still pending at shutdown", extra={"pending": len(worker.tracker.tasks)})
+    worker.sweeper.cancel()
+    try:
         await asyncio.wait_for(worker.registrar.close(), timeout)
     except TimeoutError:
         clean = False
         log.error("registrations still pending at shutdown", extra={"pending": worker.registrar.pending})
     await worker.pool.close()
     worker.executor.shutdown(wait=True)
+    worker.cfind_executor.shutdown(wait=False, cancel_futures=True)
     return clean
+
+
+async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:
+    """End series that stopped receiving (see :func:`progress.quiescence_sweep`), forever."""
+    interval = min(max(quiet_seconds / 4, 0.05), 5.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.connection() as conn:
+                ended = await progress.quiescence_sweep(conn, quiet_seconds)
+            for pacs, series, state in ended:
+                log.info(
+                    "series ended by quiescence",
+                    extra={"pacs": pacs, "SeriesInstanceUID": series, "state": state, "quiet_seconds": quiet_seconds},
+                )
+        except Exception as e:  # the database may be down; the next round tries again
+            log.warning("quiescence sweep failed: %s", e)
 
 
 def on_stop_signal(callback: Callable[[], None]) -> None:

@@ -41,6 +41,9 @@ class Settings:
     scp_artim_timeout: float = 30.0
     scp_implementation: str = "asyncio"
     pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    cfind_connect_timeout: float = 5.0
+    cfind_timeout: float = 30.0
+    series_quiescence: float = 60.0
     listener_threads: int = 64
     listener_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     listener_port: int = 11111
@@ -193,6 +196,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         scp_artim_timeout=_get(e, "OXIDICOM_SCP_ARTIM_TIMEOUT", _positive_float, d.scp_artim_timeout),
         scp_implementation=_get(e, "OXIDICOM_SCP_IMPLEMENTATION", _implementation, d.scp_implementation),
         pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
+        cfind_connect_timeout=_get(e, "OXIDICOM_CFIND_CONNECT_TIMEOUT", _positive_float, d.cfind_connect_timeout),
+        cfind_timeout=_get(e, "OXIDICOM_CFIND_TIMEOUT", _positive_float, d.cfind_timeout),
+        series_quiescence=_get(e, "OXIDICOM_SERIES_QUIESCENCE", _positive_float, d.series_quiescence),
         listener_threads=_get(e, "OXIDICOM_LISTENER_THREADS", _int(1, 100_000), d.listener_threads),
         listener_processes=_get(e, "OXIDICOM_LISTENER_PROCESSES", _int(1, 256), d.listener_processes),
         listener_port=_get(e, "OXIDICOM_LISTENER_PORT", _int(1, 65535), d.listener_port),
@@ -218,6 +224,9 @@ DOCUMENTED = (
     "OXIDICOM_SCP_ARTIM_TIMEOUT",
     "OXIDICOM_SCP_IMPLEMENTATION",
     "OXIDICOM_PACS_ADDRESS",
+    "OXIDICOM_CFIND_CONNECT_TIMEOUT",
+    "OXIDICOM_CFIND_TIMEOUT",
+    "OXIDICOM_SERIES_QUIESCENCE",
     "OXIDICOM_LISTENER_THREADS",
     "OXIDICOM_LISTENER_PROCESSES",
     "OXIDICOM_LISTENER_PORT",

@@ -84,7 +84,7 @@ class InProcessReceiver:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
 
-    def _submit(self, row: PacsFileRow) -> asyncio.Future[bool]:
+    def _submit(self, row: PacsFileRow, extra: object = None) -> asyncio.Future[bool]:
         self.rows.append(row)
         fut: asyncio.Future[bool] = self.loop.create_future()
         fut.set_result(True)

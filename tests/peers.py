@@ -28,9 +28,10 @@ class Orthanc:
     """Orthanc in the foreground with its own config and storage in ``folder``; HTTP and DICOM on
     free ports (it binds all interfaces; tests only ever talk to 127.0.0.1)."""
 
-    def __init__(self, folder: Path, aet: str = "OXITESTORTHANC") -> None:
+    def __init__(self, folder: Path, aet: str = "OXITESTORTHANC", **config: Any) -> None:
         self.folder = folder
         self.aet = aet
+        self.extra_config = config
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -61,6 +62,7 @@ class Orthanc:
             "StorageCompression": False,
             "SaveJobs": False,
             "Plugins": [],
+            **self.extra_config,
         }
         cfg = self.folder / "orthanc.json"
         cfg.write_text(json.dumps(config))

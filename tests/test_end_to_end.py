@@ -66,7 +66,8 @@ def _count(db: str, series_uid: str, pacs: str = ORTHANC_AET) -> int:
 def _all_rows(db: str) -> list[dict[str, Any]]:
     with psycopg.connect(db, row_factory=psycopg.rows.dict_row) as conn:
         return conn.execute(
-            "SELECT f.*, p.identifier AS pacs FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
+            "SELECT f.*, p.identifier AS pacs FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
+            "WHERE p.identifier <> 'org.fnndsc.oxidicom'"  # instances only, not the series marker rows
         ).fetchall()
 
 
@@ -76,74 +77,104 @@ def _stored_paths(root: Path) -> set[str]:
 
 def test_orthanc_pushes_both_series_concurrently(tmp_path: Path, db_uri: str, corpus: dict[str, Any]) -> None:
     files_root = tmp_path / "files"
-    by_series: dict[str, list[Path]] = corpus["by_series"]
     env = {
         "OXIDICOM_DB_CONNECTION": db_uri,
         "OXIDICOM_FILES_ROOT": str(files_root),
         "OXIDICOM_SCP_AET": OUR_AET,
         "OXIDICOM_DB_BATCH_SIZE": "50",
     }
-    with Orthanc(tmp_path / "orthanc") as orthanc, ServeProcess(env, tmp_path) as rx:
-        assert orthanc.upload(corpus["files"]) == 576
-        orthanc.add_modality("OXIDICOMTEST", OUR_AET, rx.port)
-        ids = orthanc.series_ids()
-        assert set(ids) == set(by_series)
-
-        def push_all() -> list[dict[str, Any]]:
-            with ThreadPoolExecutor(2) as pool:
-                return list(pool.map(lambda uid: orthanc.store("OXIDICOMTEST", [ids[uid]]), by_series))
-
-        for result in push_all():
-            assert result["FailedInstancesCount"] == 0
-        counts = {uid: len(paths) for uid, paths in by_series.items()}
-        assert sorted(counts.values()) == [192, 384]
-        for uid, n in counts.items():
-            wait_until(lambda uid=uid, n=n: _count(db_uri, uid) == n, 30, what=f"{n} rows for {uid}")
-
-        # storage: exactly the reference's paths, nothing staged, datasets identical to Orthanc's copies
-        stored = _stored_paths(files_root)
-        assert len(stored) == 576
-        if corpus["real"]:
-            assert stored == set(Path(corpus["expected"]).read_text().split())
-        assert list((files_root / ".oxidicom-staging").iterdir()) == []
-        for instance_id in orthanc.get("/instances"):
-            theirs = orthanc.request("GET", f"/instances/{instance_id}/file")
-            ds = pydicom.dcmread(io.BytesIO(theirs), stop_before_pixels=True)
-            ours = next(files_root.rglob(f"*-{ds.SOPInstanceUID}.dcm"))
-            assert dataset_bytes(ours) == _dataset_of(theirs)
-            assert pydicom.dcmread(ours, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle == ORTHANC_AET
-
-        # registry: one row per file, with the field values of the reference
-        rows = _all_rows(db_uri)
-        assert len(rows) == 576 and {r["fname"] for r in rows} == stored
-        assert {r["pacs"] for r in rows} == {ORTHANC_AET}
-        if corpus["real"]:
-            sag = next(r for r in rows if r["PatientID"] == "1449c1d")
-            assert sag["PatientName"] == "anonymized"
-            assert sag["PatientBirthDate"] == dt.date(2009, 7, 1)
-            assert sag["PatientAge"] == 1096
-            assert sag["PatientSex"] == "M"
-            assert sag["StudyDate"] == dt.date(2013, 3, 8)
-            assert sag["AccessionNumber"] == "98edede8b2"
-            assert sag["Modality"] == "MR"
-            assert sag["ProtocolName"] == "SAG MPRAGE 220 FOV"
-            assert sag["StudyDescription"] == "MR-Brain w/o Contrast"
-            assert sag["SeriesDescription"] == "SAG MPRAGE 220 FOV"
-            jane = next(r for r in rows if r["PatientID"] == "02")
-            assert jane["AccessionNumber"] == "" and jane["PatientAge"] is None and jane["PatientSex"] == "F"
-            assert jane["StudyDescription"] == "Hanke_Stadler^0024_transrep"
-
-        # pushing again changes nothing: same files, same rows (no duplicates), no errors
-        before = {p: (files_root / p).read_bytes() for p in sorted(stored)[:20]}
-        ids_before = {r["id"] for r in rows}
-        for result in push_all():
-            assert result["FailedInstancesCount"] == 0
-        wait_until(lambda: sum(1 for line in rx.lines if line.get("msg", "").startswith("association ended")) >= 4, 30)
-        assert _stored_paths(files_root) == stored
-        assert {p: (files_root / p).read_bytes() for p in before} == before
-        assert {r["id"] for r in _all_rows(db_uri)} == ids_before
-        assert rx.messages("error") == []
+    with Orthanc(tmp_path / "orthanc") as orthanc:
+        env["OXIDICOM_PACS_ADDRESS"] = f'{{{ORTHANC_AET}="{LOOPBACK}:{orthanc.dicom_port}"}}'
+        with ServeProcess(env, tmp_path) as rx:
+            _push_twice_and_check(orthanc, rx, db_uri, files_root, corpus)
     assert rx.proc is not None and rx.proc.returncode == 0
+
+
+def _markers(db: str, uid: str, key: str) -> list[str]:
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            'SELECT "SeriesDescription" FROM pacsfiles_pacsfile WHERE "SeriesInstanceUID" = %s '
+            'AND "ProtocolName" = %s AND fname LIKE %s ORDER BY id',
+            (uid, key, "SERVICES/PACS/org.fnndsc.oxidicom/%"),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _push_twice_and_check(
+    orthanc: Orthanc, rx: ServeProcess, db_uri: str, files_root: Path, corpus: dict[str, Any]
+) -> None:
+    by_series: dict[str, list[Path]] = corpus["by_series"]
+    assert orthanc.upload(corpus["files"]) == 576
+    orthanc.add_modality("OXIDICOMTEST", OUR_AET, rx.port)
+    ids = orthanc.series_ids()
+    assert set(ids) == set(by_series)
+
+    def push_all() -> list[dict[str, Any]]:
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda uid: orthanc.store("OXIDICOMTEST", [ids[uid]]), by_series))
+
+    for result in push_all():
+        assert result["FailedInstancesCount"] == 0
+    counts = {uid: len(paths) for uid, paths in by_series.items()}
+    assert sorted(counts.values()) == [192, 384]
+    for uid, n in counts.items():
+        wait_until(lambda uid=uid, n=n: _count(db_uri, uid) == n, 30, what=f"{n} rows for {uid}")
+
+    # completion: counts from Orthanc's C-FIND, markers, progress rows
+    for uid, n in counts.items():
+        wait_until(lambda uid=uid: _markers(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
+        assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == [str(n)]
+        assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == [str(n)]
+        with psycopg.connect(db_uri) as conn:
+            progress = conn.execute(
+                'SELECT expected, received, state FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s',
+                (uid,),
+            ).fetchall()
+        assert progress == [(n, n, "complete")]
+
+    # storage: exactly the reference's paths, nothing staged, datasets identical to Orthanc's copies
+    stored = _stored_paths(files_root)
+    assert len(stored) == 576
+    if corpus["real"]:
+        assert stored == set(Path(corpus["expected"]).read_text().split())
+    assert list((files_root / ".oxidicom-staging").iterdir()) == []
+    for instance_id in orthanc.get("/instances"):
+        theirs = orthanc.request("GET", f"/instances/{instance_id}/file")
+        ds = pydicom.dcmread(io.BytesIO(theirs), stop_before_pixels=True)
+        ours = next(files_root.rglob(f"*-{ds.SOPInstanceUID}.dcm"))
+        assert dataset_bytes(ours) == _dataset_of(theirs)
+        assert pydicom.dcmread(ours, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle == ORTHANC_AET
+
+    # registry: one row per file, with the field values of the reference
+    rows = _all_rows(db_uri)
+    assert len(rows) == 576 and {r["fname"] for r in rows} == stored
+    assert {r["pacs"] for r in rows} == {ORTHANC_AET}
+    if corpus["real"]:
+        sag = next(r for r in rows if r["PatientID"] == "1449c1d")
+        assert sag["PatientName"] == "anonymized"
+        assert sag["PatientBirthDate"] == dt.date(2009, 7, 1)
+        assert sag["PatientAge"] == 1096
+        assert sag["PatientSex"] == "M"
+        assert sag["StudyDate"] == dt.date(2013, 3, 8)
+        assert sag["AccessionNumber"] == "98edede8b2"
+        assert sag["Modality"] == "MR"
+        assert sag["ProtocolName"] == "SAG MPRAGE 220 FOV"
+        assert sag["StudyDescription"] == "MR-Brain w/o Contrast"
+        assert sag["SeriesDescription"] == "SAG MPRAGE 220 FOV"
+        jane = next(r for r in rows if r["PatientID"] == "02")
+        assert jane["AccessionNumber"] == "" and jane["PatientAge"] is None and jane["PatientSex"] == "F"
+        assert jane["StudyDescription"] == "Hanke_Stadler^0024_transrep"
+
+    # pushing again changes nothing: same files, same rows (no duplicates), no errors
+    before = {p: (files_root / p).read_bytes() for p in sorted(stored)[:20]}
+    ids_before = {r["id"] for r in rows}
+    for result in push_all():
+        assert result["FailedInstancesCount"] == 0
+    wait_until(lambda: sum(1 for line in rx.lines if line.get("msg", "").startswith("association ended")) >= 4, 30)
+    assert _stored_paths(files_root) == stored
+    assert {p: (files_root / p).read_bytes() for p in before} == before
+    assert {r["id"] for r in _all_rows(db_uri)} == ids_before
+    assert rx.messages("error") == []
 
 
 def _dataset_of(part10: bytes) -> bytes:

@@ -20,7 +20,10 @@ pytestmark = pytest.mark.integration
 
 def _rows(db: str) -> list[tuple[str, str]]:
     with psycopg.connect(db) as conn:
-        return conn.execute('SELECT fname, "Modality" FROM pacsfiles_pacsfile').fetchall()
+        return conn.execute(
+            'SELECT fname, "Modality" FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id '
+            "WHERE p.identifier <> 'org.fnndsc.oxidicom'"  # instances only, not the series marker rows
+        ).fetchall()
 
 
 @pytest.mark.parametrize("processes", [1, 2])

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.integration
 
 def _rows(db: str) -> int:
     with psycopg.connect(db) as conn:
-        row = conn.execute("SELECT count(*) FROM pacsfiles_pacsfile").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
+            "WHERE p.identifier <> 'org.fnndsc.oxidicom'"  # instances only, not the series marker rows
+        ).fetchone()
     assert row is not None
     return int(row[0])
 

@@ -26,7 +26,7 @@ import concurrent.futures
 import datetime as dt
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -57,12 +57,21 @@ class RegistrarClosedError(RegistrarError):
     """``close()`` ran out of time before this row's batch committed (outcome unknown)."""
 
 
+Extra = Callable[[psycopg.AsyncConnection], Awaitable[None]]
+"""More SQL to run in the transaction that registers a row (must be idempotent: it runs again
+if the row's batch is retried after a COMMIT whose outcome was unknown)."""
+
+OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[None]]
+"""Called in each batch's transaction with the rows that this transaction newly inserted."""
+
+
 @dataclass(slots=True)
 class _Item:
     row: PacsFileRow
     future: asyncio.Future[bool]
     enqueued: float
     resolved: bool = False
+    extra: Extra | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +105,7 @@ class Registrar:
         acquire_timeout: float | None = None,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
+        on_inserted: OnInserted | None = None,
     ) -> None:
         if batch_size < 1 or max_concurrent_batches < 1 or linger < 0:
             raise ValueError("batch_size and max_concurrent_batches must be >= 1, linger >= 0")
@@ -107,6 +117,7 @@ class Registrar:
         self._acquire_timeout = acquire_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._on_inserted = on_inserted
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: deque[_Item] = deque()
@@ -135,16 +146,17 @@ class Registrar:
             raise RuntimeError("registrar already started")
         self._loop = asyncio.get_running_loop()
 
-    def submit(self, row: PacsFileRow) -> asyncio.Future[bool]:
+    def submit(self, row: PacsFileRow, extra: Extra | None = None) -> asyncio.Future[bool]:
         """Queue ``row``; the future resolves after its batch commits (``False``: duplicate).
 
-        Must be called on the event loop thread; use :meth:`submit_threadsafe` elsewhere.
+        ``extra`` runs in the same transaction, after the insert, whether or not the row was
+        new. Must be called on the event loop thread; use :meth:`submit_threadsafe` elsewhere.
         """
         loop = self._require_loop()
         if self._closing:
             raise RuntimeError("registrar is closed")
         future: asyncio.Future[bool] = loop.create_future()
-        self._buffer.append(_Item(row, future, loop.time()))
+        self._buffer.append(_Item(row, future, loop.time(), extra=extra))
         self._pending += 1
         self._idle.clear()
         self._pump()
@@ -356,6 +368,12 @@ class Registrar:
             new_ids = await batch_sql.upsert_pacs(conn, missing)
             pacs_ids = {**self._pacs_ids, **new_ids}
             inserted = await batch_sql.insert_rows(conn, rows, pacs_ids, creation_date)
+            if self._on_inserted is not None and inserted:
+                await self._on_inserted(conn, [row for row in rows if row.fname in inserted])
+            for entry in entries:
+                for item in entry.items:
+                    if item.extra is not None:
+                        await item.extra(conn)
             if in_doubt and len(inserted) < len(rows):
                 others = [row.fname for row in rows if row.fname not in inserted]
                 inserted |= await batch_sql.inserted_by_attempts(conn, others, in_doubt)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pydicom
 
@@ -23,6 +24,7 @@ from oxidicom_py.net import dimse
 from oxidicom_py.net.association import AssociationInfo, StoreResult
 from oxidicom_py.net.contexts import dataset_encoding
 from oxidicom_py.net.negotiation import AcceptedContext
+from oxidicom_py.registry.registrar import Extra
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.storage import header
 from oxidicom_py.storage.dates import parse_study_date
@@ -32,13 +34,16 @@ from oxidicom_py.storage.patient_age import parse_patient_age
 from oxidicom_py.storage.writer import FilesRoot, StagedFile
 from oxidicom_py.telemetry.logs import ContextLogger
 
+if TYPE_CHECKING:
+    from oxidicom_py.completion.tracker import Tracker
+
 log = logging.getLogger("oxidicom_py.storage")
 
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "StudyDate")
 MAX_HEADER_PREFIX = 64 << 20
 """Past this many bytes without reaching (0020,0013), the header is read from the staged file."""
 
-Submit = Callable[[PacsFileRow], "asyncio.Future[bool]"]
+Submit = Callable[[PacsFileRow, Extra | None], "asyncio.Future[bool]"]
 
 
 @dataclass(slots=True)
@@ -54,10 +59,13 @@ class AssociationCounts:
 class Ingest:
     """Process-wide: where files go, who registers them, how many associations are open."""
 
-    def __init__(self, files: FilesRoot, submit: Submit, executor: Executor | None) -> None:
+    def __init__(
+        self, files: FilesRoot, submit: Submit, executor: Executor | None, tracker: Tracker | None = None
+    ) -> None:
         self.files = files
         self.submit = submit
         self.executor = executor
+        self.tracker = tracker
         self.active: set[AssociationStore] = set()
         self.idle = asyncio.Event()
         self.idle.set()
@@ -81,6 +89,7 @@ class AssociationStore:
         self.ingest = ingest
         self.info = info
         self.counts = AssociationCounts()
+        self.series = ingest.tracker.association(info) if ingest.tracker is not None else None
         self._inflight = 0  # instances being committed off the event loop
         self._ended = False
         self._outcome = ""
@@ -107,6 +116,8 @@ class AssociationStore:
     def _finish(self) -> None:
         """The association is over and every instance it acknowledged has been handed on."""
         outcome = self._outcome
+        if self.series is not None:
+            self.series.ended(outcome)
         c = self.counts
         self.log.info(
             "association ended: %s",
@@ -209,6 +220,8 @@ class IncomingInstance:
         except ValueError as e:
             return self._reject(f"no safe storage path: {e}")
         row = _row(path, aet, values, study_date, self.store.info.ulid)
+        if self.store.series is not None:
+            self.store.series.attempted(row)
         files = self.store.ingest.files
         if files.fsync and self.store.ingest.executor is not None:
             return self._commit_in_executor(staged, path, row)
@@ -237,7 +250,10 @@ class IncomingInstance:
     def _stored(self, row: PacsFileRow) -> StoreResult:
         self.store.counts.stored += 1
         self.staged = None
-        self.store.ingest.submit(row)
+        series = self.store.series
+        future = self.store.ingest.submit(row, series.registering(row) if series is not None else None)
+        if series is not None:
+            series.registered(row, future)
         self.store.log.debug("stored", extra={"path": row.fname})
         return StoreResult(dimse.SUCCESS)
 

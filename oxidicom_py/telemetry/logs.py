@@ -54,6 +54,9 @@ def configure(level: str = "INFO", stream: IO[str] | None = None, static: dict[s
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("oxidicom_py").setLevel(level)
+    # pynetdicom (C-FIND client, fallback acceptor) logs unstructured lines for what we already
+    # report with context; keep them for debugging only.
+    logging.getLogger("pynetdicom").setLevel("WARNING" if level == "DEBUG" else "CRITICAL")
 
 
 class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]

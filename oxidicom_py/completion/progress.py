@@ -1,0 +1,143 @@
+"""Series progress: the SQL that keeps ``oxidicom_series_progress`` exact.
+
+Every change runs inside a registration transaction (see :class:`Registrar`'s ``extra`` and
+``on_inserted``), so a progress row never disagrees with the file rows a client can see:
+
+* instances newly inserted by a batch add to ``received`` (duplicates add nothing);
+* the first instance of a series in an association adds the association to
+  ``open_associations`` (and reopens a finished series: more is arriving);
+* the ``NumberOfSeriesRelatedInstances`` marker sets ``expected``;
+* the ``OxidicomAttemptedPushCount`` marker removes the association; when none is left open
+  the series ends: ``complete`` if ``received >= expected`` (or, with no count, if the
+  association was released normally), ``incomplete`` otherwise;
+* ``received == expected`` completes a series at once; a quiescence sweep ends series that
+  stopped receiving (a PACS that never releases, or a receiver that crashed).
+
+Every statement is idempotent except the ``received`` increment, which only ever counts rows
+its own transaction inserted. State changes are announced by the table's NOTIFY trigger.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Final
+
+import psycopg
+
+from oxidicom_py.registry.fitting import DbRow
+from oxidicom_py.registry.schema import PROGRESS_TABLE
+
+MARKER_PACS: Final = "org.fnndsc.oxidicom"
+
+_KEY_COLUMNS = 'pacs_identifier, "SeriesInstanceUID", "StudyInstanceUID", "PatientID"'
+
+_COUNT_INSERTED: Final = f"""
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, received, first_received, last_received, updated)
+SELECT u.pacs, u.series, u.study, u.patient, u.n, now(), now(), now()
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[]) AS u(pacs, series, study, patient, n)
+ORDER BY u.pacs, u.series
+ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
+    received = p.received + EXCLUDED.received,
+    first_received = coalesce(p.first_received, EXCLUDED.first_received),
+    last_received = EXCLUDED.last_received,
+    state = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'complete' ELSE 'receiving' END,
+    completed = CASE WHEN p.received + EXCLUDED.received = p.expected THEN now() END,
+    updated = now()
+"""
+
+_ASSOCIATION_STARTED: Final = f"""
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations)
+VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, ARRAY[%(ulid)s]::text[])
+ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
+    open_associations = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.open_associations
+                             ELSE array_append(p.open_associations, %(ulid)s) END,
+    state = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.state ELSE 'receiving' END,
+    completed = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.completed END,
+    updated = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.updated ELSE now() END
+"""
+
+_SET_EXPECTED: Final = f"""
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, expected)
+VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, %(expected)s)
+ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
+    expected = EXCLUDED.expected,
+    state = CASE WHEN p.received = EXCLUDED.expected THEN 'complete' ELSE p.state END,
+    completed = CASE WHEN p.received = EXCLUDED.expected THEN coalesce(p.completed, now()) ELSE p.completed END,
+    updated = now()
+"""
+
+_ASSOCIATION_ENDED: Final = f"""
+UPDATE {PROGRESS_TABLE} AS p SET
+    open_associations = array_remove(p.open_associations, %(ulid)s),
+    state = CASE
+        WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.state
+        WHEN p.expected IS NOT NULL THEN CASE WHEN p.received >= p.expected THEN 'complete' ELSE 'incomplete' END
+        WHEN %(released)s THEN 'complete'
+        ELSE 'incomplete' END,
+    completed = CASE
+        WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.completed
+        ELSE coalesce(p.completed, now()) END,
+    updated = now()
+WHERE p.pacs_identifier = %(pacs)s AND p."SeriesInstanceUID" = %(series)s
+"""
+
+_QUIESCENCE_SWEEP: Final = f"""
+UPDATE {PROGRESS_TABLE} SET
+    state = CASE WHEN expected IS NULL OR received >= expected THEN 'complete' ELSE 'incomplete' END,
+    completed = now(),
+    open_associations = '{{}}',
+    updated = now()
+WHERE state = 'receiving' AND coalesce(last_received, updated) < now() - make_interval(secs => %s)
+RETURNING pacs_identifier, "SeriesInstanceUID", state
+"""
+
+
+async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> None:
+    """``on_inserted`` hook of the registrar: add newly registered instances to their series."""
+    counts: Counter[tuple[str, str, str, str]] = Counter(
+        (row.pacs_identifier, row.SeriesInstanceUID, row.StudyInstanceUID, row.PatientID)
+        for row in rows
+        if row.pacs_identifier != MARKER_PACS
+    )
+    if not counts:
+        return
+    keys = sorted(counts)
+    await conn.execute(
+        _COUNT_INSERTED,
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [k[3] for k in keys],
+            [counts[k] for k in keys],
+        ),
+    )
+
+
+def _key(pacs: str, series: str, study: str, patient: str) -> dict[str, object]:
+    return {"pacs": pacs, "series": series, "study": study, "patient": patient}
+
+
+async def association_started(
+    conn: psycopg.AsyncConnection, *, pacs: str, series: str, study: str, patient: str, ulid: str
+) -> None:
+    await conn.execute(_ASSOCIATION_STARTED, {**_key(pacs, series, study, patient), "ulid": ulid})
+
+
+async def set_expected(
+    conn: psycopg.AsyncConnection, *, pacs: str, series: str, study: str, patient: str, expected: int
+) -> None:
+    await conn.execute(_SET_EXPECTED, {**_key(pacs, series, study, patient), "expected": expected})
+
+
+async def association_ended(
+    conn: psycopg.AsyncConnection, *, pacs: str, series: str, ulid: str, released: bool
+) -> None:
+    await conn.execute(_ASSOCIATION_ENDED, {"pacs": pacs, "series": series, "ulid": ulid, "released": released})
+
+
+async def quiescence_sweep(conn: psycopg.AsyncConnection, quiet_seconds: float) -> list[tuple[str, str, str]]:
+    """End series that received nothing for ``quiet_seconds``; return (pacs, series, state) of each."""
+    cursor = await conn.execute(_QUIESCENCE_SWEEP, (quiet_seconds,))
+    return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]

@@ -1,0 +1,235 @@
+"""Per-association series bookkeeping: the C-FIND, the marker files, and their ordering.
+
+For every series (keyed by its storage folder, as the reference does) of an association:
+
+1. at its first instance, a C-FIND asks the sending PACS for NumberOfSeriesRelatedInstances
+   (beside reception, bounded by timeouts); the answer, or ``unknown``, becomes the empty
+   file ``SERVICES/PACS/org.fnndsc.oxidicom/{series folder}/{association}/NumberOfSeriesRelatedInstances={n}``
+   and a row under PACS ``org.fnndsc.oxidicom`` (ProtocolName = key, SeriesDescription = value);
+2. when the association ends, once every other row of that series from that association has
+   COMMITTED (their futures resolved) and the C-FIND row too, the file
+   ``.../OxidicomAttemptedPushCount={N}`` is written and registered, in the same transaction
+   as the series' end-of-association progress update. So a client that sees the push-count row
+   sees every row it counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import functools
+import logging
+import posixpath
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from oxidicom_py.completion import progress
+from oxidicom_py.completion.cfind import SeriesCount, query_series_count
+from oxidicom_py.completion.progress import MARKER_PACS
+from oxidicom_py.net.association import AssociationInfo
+from oxidicom_py.registry.registrar import Extra, Registrar
+from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.telemetry.logs import ContextLogger
+
+log = logging.getLogger("oxidicom_py.completion")
+
+NUMBER_OF_SERIES_RELATED_INSTANCES = "NumberOfSeriesRelatedInstances"
+ATTEMPTED_PUSH_COUNT = "OxidicomAttemptedPushCount"
+
+
+@dataclass(frozen=True, slots=True)
+class CFindSettings:
+    our_aet: str
+    pacs_address: Mapping[str, tuple[str, int]]
+    connect_timeout: float
+    response_timeout: float
+
+
+@dataclass(slots=True)
+class _Series:
+    folder: str
+    pacs: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    study_date: dt.date
+    attempted: int = 0
+    started_registered: bool = False
+    rows: list[asyncio.Future[bool]] = field(default_factory=list)
+    count_task: asyncio.Task[None] | None = None
+
+
+def marker_path(series_folder: str, ulid: str, key: str, value: str) -> str:
+    return f"SERVICES/PACS/{MARKER_PACS}/{series_folder}/{ulid}/{key}={value}"
+
+
+class Tracker:
+    """Process-wide: owns the C-FIND executor and the tasks still finishing associations."""
+
+    def __init__(
+        self,
+        files: FilesRoot,
+        registrar: Registrar,
+        cfind: CFindSettings,
+        cfind_executor: Executor,
+        files_executor: Executor | None,
+    ) -> None:
+        self.files = files
+        self.registrar = registrar
+        self.cfind = cfind
+        self.cfind_executor = cfind_executor
+        self.files_executor = files_executor
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def association(self, info: AssociationInfo) -> AssociationSeries:
+        return AssociationSeries(self, info)
+
+    def spawn(self, coro: object) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("series bookkeeping failed", exc_info=task.exception())
+
+    async def idle(self) -> None:
+        """Wait until every association's markers are written and registered."""
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def write_marker(self, relative: str) -> None:
+        if self.files_executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self.files_executor, self.files.write_empty, relative)
+        else:
+            self.files.write_empty(relative)
+
+
+class AssociationSeries:
+    """The series seen in one association."""
+
+    def __init__(self, tracker: Tracker, info: AssociationInfo) -> None:
+        self.tracker = tracker
+        self.info = info
+        self.series: dict[str, _Series] = {}
+        self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
+        self.address = tracker.cfind.pacs_address.get(info.calling_ae)
+        if self.address is None:
+            self.log.warning("OXIDICOM_PACS_ADDRESS has no entry for this calling AE title: counts are unknown")
+
+    def attempted(self, row: PacsFileRow) -> None:
+        """An instance of this association passed validation (it counts in the push count)."""
+        folder = posixpath.dirname(row.fname)
+        s = self.series.get(folder)
+        if s is None:
+            s = _Series(
+                folder,
+                row.pacs_identifier,
+                row.SeriesInstanceUID,
+                row.StudyInstanceUID,
+                row.PatientID,
+                row.StudyDate,
+            )
+            self.series[folder] = s
+            s.count_task = self.tracker.spawn(self._number_of_series_related_instances(s))
+        s.attempted += 1
+
+    def registering(self, row: PacsFileRow) -> Extra | None:
+        """The SQL to run with this instance's row (the first of a series opens it in progress)."""
+        s = self.series[posixpath.dirname(row.fname)]
+        if s.started_registered:
+            return None
+        s.started_registered = True
+        return functools.partial(
+            progress.association_started,
+            pacs=s.pacs,
+            series=s.series_uid,
+            study=s.study_uid,
+            patient=s.patient_id,
+            ulid=self.info.ulid,
+        )
+
+    def registered(self, row: PacsFileRow, future: asyncio.Future[bool]) -> None:
+        self.series[posixpath.dirname(row.fname)].rows.append(future)
+
+    def ended(self, outcome: str) -> None:
+        released = outcome == "released"
+        for s in self.series.values():
+            self.tracker.spawn(self._attempted_push_count(s, released))
+
+    # -- the two markers --------------------------------------------------------------------
+    def _marker_row(self, s: _Series, key: str, value: str) -> PacsFileRow:
+        return PacsFileRow(
+            fname=marker_path(s.folder, self.info.ulid, key, value),
+            pacs_identifier=MARKER_PACS,
+            PatientID=s.patient_id,
+            StudyDate=s.study_date,
+            StudyInstanceUID=s.study_uid,
+            SeriesInstanceUID=s.series_uid,
+            ProtocolName=key,
+            SeriesDescription=value,
+            association=self.info.ulid,
+        )
+
+    async def _count(self, s: _Series) -> SeriesCount:
+        if self.address is None:
+            return SeriesCount(None, "OXIDICOM_PACS_ADDRESS not configured for this AE title", 0.0)
+        host, port = self.address
+        c = self.tracker.cfind
+        query = functools.partial(
+            query_series_count,
+            host,
+            port,
+            calling_ae=c.our_aet,
+            called_ae=self.info.calling_ae,
+            study_uid=s.study_uid,
+            series_uid=s.series_uid,
+            connect_timeout=c.connect_timeout,
+            response_timeout=c.response_timeout,
+        )
+        return await asyncio.get_running_loop().run_in_executor(self.tracker.cfind_executor, query)
+
+    async def _number_of_series_related_instances(self, s: _Series) -> None:
+        result = await self._count(s)
+        value = "unknown" if result.count is None else str(result.count)
+        self.log.info(
+            "NumberOfSeriesRelatedInstances=%s",
+            value,
+            extra={"SeriesInstanceUID": s.series_uid, "cfind_error": result.error, "cfind_seconds": result.elapsed},
+        )
+        row = self._marker_row(s, NUMBER_OF_SERIES_RELATED_INSTANCES, value)
+        await self.tracker.write_marker(row.fname)
+        extra = None
+        if result.count is not None:
+            extra = functools.partial(
+                progress.set_expected,
+                pacs=s.pacs,
+                series=s.series_uid,
+                study=s.study_uid,
+                patient=s.patient_id,
+                expected=result.count,
+            )
+        await self.tracker.registrar.submit(row, extra)
+
+    async def _attempted_push_count(self, s: _Series, released: bool) -> None:
+        # Every other row of this series from this association must be committed first.
+        if s.count_task is not None:
+            await asyncio.gather(s.count_task, return_exceptions=True)
+        await asyncio.gather(*s.rows, return_exceptions=True)
+        row = self._marker_row(s, ATTEMPTED_PUSH_COUNT, str(s.attempted))
+        await self.tracker.write_marker(row.fname)
+        extra = functools.partial(
+            progress.association_ended, pacs=s.pacs, series=s.series_uid, ulid=self.info.ulid, released=released
+        )
+        with contextlib.suppress(Exception):  # the registrar logs rejections itself
+            await self.tracker.registrar.submit(row, extra)
+        self.log.info(
+            "OxidicomAttemptedPushCount=%d registered",
+            s.attempted,
+            extra={"SeriesInstanceUID": s.series_uid, "released": released},
+        )
