@@ -196,3 +196,76 @@ def dataset_bytes(path: Path) -> bytes:
     assert raw[128:132] == b"DICM", path
     (group_length,) = struct.unpack_from("<L", raw, 132 + 8)
     return raw[132 + 12 + group_length :]
+
+
+class RawScu(RawClient):
+    """A minimal storage SCU on the raw client.
+
+    Used where a test needs to hold an association open or read a response precisely:
+    pynetdicom's SCU (3.0.4) sometimes loses a C-STORE-RSP that arrives within
+    microseconds -- its reactor thread takes the message off the queue before ``send_c_store``
+    waits for it ("Received unexpected C-STORE service message"), and the store then times out.
+    """
+
+    def __init__(self, port: int, contexts: list[tuple[int, str, list[str]]], **kw: Any) -> None:
+        super().__init__(port)
+        self.send(associate_rq(contexts, **kw))
+        pdu_type, self.ac = self.recv_pdu()
+        assert pdu_type == pdu.A_ASSOCIATE_AC, pdu_type
+        self.message_id = 0
+
+    def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> tuple[int, str]:
+        """Send one C-STORE; return (status, error comment) of the response."""
+        from oxidicom_py.net import dimse
+
+        self.message_id += 1
+        command = dimse.encode_command(
+            {
+                dimse.AFFECTED_SOP_CLASS_UID: sop_class,
+                dimse.COMMAND_FIELD: dimse.C_STORE_RQ,
+                dimse.MESSAGE_ID: self.message_id,
+                dimse.PRIORITY: 0,
+                dimse.COMMAND_DATA_SET_TYPE: 0x0000,
+                dimse.AFFECTED_SOP_INSTANCE_UID: sop_instance,
+            }
+        )
+        self.send(p_data(context_id, command, command=True) + p_data(context_id, dataset, command=False))
+        pdu_type, body = self.recv_pdu()
+        assert pdu_type == pdu.P_DATA_TF, pdu_type
+        values = _command_values(body[6:])
+        status = int.from_bytes(values.get(0x0900, b"\xff\xff"), "little")
+        return status, values.get(0x0902, b"").decode("ascii", "replace").strip(" \x00")
+
+    def release(self) -> None:
+        self.send(bytes((pdu.A_RELEASE_RQ, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+        assert self.recv_pdu()[0] == pdu.A_RELEASE_RP
+        self.close()
+
+
+def _command_values(raw: bytes) -> dict[int, bytes]:
+    out, pos = {}, 0
+    while pos + 8 <= len(raw):
+        _group, elem, length = struct.unpack_from("<HHL", raw, pos)
+        out[elem] = raw[pos + 8 : pos + 8 + length]
+        pos += 8 + length
+    return out
+
+
+def sop_of(path: Path) -> tuple[str, str]:
+    """(SOPClassUID, SOPInstanceUID) of a Part 10 file."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+
+
+def encode_dataset(ds: Any, implicit: bool = False) -> bytes:
+    """A pydicom dataset as the bytes a sender puts in its P-DATA (little endian)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_implicit_VR = implicit
+    buf.is_little_endian = True
+    write_dataset(buf, ds)
+    return buf.getvalue()

@@ -8,10 +8,8 @@ from pathlib import Path
 import psycopg
 import pydicom
 import pytest
-from harness import LOOPBACK, dataset_bytes, load_script, peer_env, wait_until
+from harness import LOOPBACK, RawScu, dataset_bytes, encode_dataset, load_script, peer_env, wait_until
 from peers import ServeProcess
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage
 
 from oxidicom_py.net import dimse
 
@@ -47,14 +45,12 @@ def test_pynetdicom_acceptor_stores_and_registers(tmp_path: Path, db_uri: str, p
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        ae = AE(ae_title="PYSCU")
-        ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
-        assoc = ae.associate(LOOPBACK, rx.port, ae_title="OXIDICOMTEST")
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
         bad = pydicom.dcmread(files[0])
         del bad.StudyInstanceUID
-        rsp = assoc.send_c_store(bad)
-        assoc.release()
-        assert rsp.Status == dimse.CANNOT_UNDERSTAND and "StudyInstanceUID" in rsp.ErrorComment
+        status, comment = scu.store(1, str(bad.SOPClassUID), str(bad.SOPInstanceUID), encode_dataset(bad))
+        scu.release()
+        assert status == dimse.CANNOT_UNDERSTAND and "StudyInstanceUID" in comment
         wait_until(lambda: len(_rows(db_uri)) == len(files), 30, what="every row")
         stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
         assert sorted(dataset_bytes(p) for p in stored) == sorted(dataset_bytes(p) for p in files)

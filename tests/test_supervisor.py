@@ -9,12 +9,9 @@ from pathlib import Path
 
 import psutil
 import psycopg
-import pydicom
 import pytest
-from harness import LOOPBACK, load_script, peer_env, wait_until
+from harness import LOOPBACK, RawScu, dataset_bytes, load_script, peer_env, sop_of, wait_until
 from peers import ServeProcess
-from pynetdicom import AE
-from pynetdicom.sop_class import MRImageStorage
 
 pytestmark = pytest.mark.integration
 
@@ -93,20 +90,18 @@ def test_a_killed_worker_is_replaced(tmp_path: Path, db_uri: str, files: list[Pa
 def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files: list[Path], processes: int) -> None:
     """An association open when SIGTERM arrives keeps working until its release; then the
     process exits 0 with every acknowledged instance registered, and the port is closed."""
-    ae = AE(ae_title="DRAINSCU")
-    ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.1"])
-    datasets = [pydicom.dcmread(f) for f in files[:6]]
+    datasets = [(sop_of(f), dataset_bytes(f)) for f in files[:6]]
     with ServeProcess(_env(db_uri, tmp_path, processes), tmp_path) as rx:
-        assoc = ae.associate(LOOPBACK, rx.port, ae_title="OXIDICOMTEST")
-        assert assoc.is_established
-        assert assoc.send_c_store(datasets[0]).Status == 0
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
+        (sop_class, sop_instance), data = datasets[0]
+        assert scu.store(1, sop_class, sop_instance, data)[0] == 0
         assert rx.proc is not None
         rx.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: any(line.get("msg") == "draining" for line in rx.lines), 10, what="draining")
-        statuses = [assoc.send_c_store(ds).Status for ds in datasets[1:]]
+        statuses = [scu.store(1, cls, inst, data)[0] for (cls, inst), data in datasets[1:]]
         assert statuses == [0] * 5
         assert rx.proc.poll() is None  # still serving the open association
-        assoc.release()
+        scu.release()
         assert rx.proc.wait(60) == 0
         assert _rows(db_uri) == 6  # every acknowledged instance registered before exit
         assert any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines)
