@@ -437,6 +437,23 @@ def test_a_trickle_is_committed_within_the_linger_time(db_uri: str, wait_until_a
     asyncio.run(scenario())
 
 
+def test_urgent_rows_and_flush_do_not_wait_for_the_linger_time(db_uri: str, wait_until_async: Callable) -> None:
+    """With a linger far longer than the deadline, urgent rows and flushed rows still commit."""
+
+    async def scenario() -> None:
+        await create_schema(db_uri)
+        async with open_registrar(db_uri, batch_size=500, linger=60) as registrar:
+            lazy = registrar.submit(sag_row(1))
+            urgent = registrar.submit(sag_row(2), urgent=True)  # takes the buffered row along
+            await wait_until_async(lambda: lazy.done() and urgent.done(), timeout=5)
+            later = registrar.submit(sag_row(3))
+            registrar.flush()
+            await wait_until_async(later.done, timeout=5)
+            assert [lazy.result(), urgent.result(), later.result()] == [True, True, True]
+
+    asyncio.run(scenario())
+
+
 def test_batch_size_is_respected(db_uri: str) -> None:
     async def scenario() -> None:
         await create_schema(db_uri)

@@ -214,10 +214,11 @@ class AssociationSeries:
                 patient=s.patient_id,
                 expected=result.count,
             )
-        await self.tracker.registrar.submit(row, extra)
+        await self.tracker.registrar.submit(row, extra, urgent=True)
 
     async def _attempted_push_count(self, s: _Series, released: bool) -> None:
         # Every other row of this series from this association must be committed first.
+        self.tracker.registrar.flush()  # the association is over: its last rows need not linger
         if s.count_task is not None:
             await asyncio.gather(s.count_task, return_exceptions=True)
         await asyncio.gather(*s.rows, return_exceptions=True)
@@ -227,7 +228,7 @@ class AssociationSeries:
             progress.association_ended, pacs=s.pacs, series=s.series_uid, ulid=self.info.ulid, released=released
         )
         with contextlib.suppress(Exception):  # the registrar logs rejections itself
-            await self.tracker.registrar.submit(row, extra)
+            await self.tracker.registrar.submit(row, extra, urgent=True)
         self.log.info(
             "OxidicomAttemptedPushCount=%d registered",
             s.attempted,

@@ -128,6 +128,7 @@ class Registrar:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False  # no new rows; flush the buffer without lingering
+        self._flush_pending = 0  # the first N buffered rows go out without lingering
         self._abandoned = False  # close() deadline passed: launch nothing more
         self._closed = False
         self._pacs_ids: dict[str, int] = {}
@@ -146,11 +147,13 @@ class Registrar:
             raise RuntimeError("registrar already started")
         self._loop = asyncio.get_running_loop()
 
-    def submit(self, row: PacsFileRow, extra: Extra | None = None) -> asyncio.Future[bool]:
+    def submit(self, row: PacsFileRow, extra: Extra | None = None, *, urgent: bool = False) -> asyncio.Future[bool]:
         """Queue ``row``; the future resolves after its batch commits (``False``: duplicate).
 
         ``extra`` runs in the same transaction, after the insert, whether or not the row was
-        new. Must be called on the event loop thread; use :meth:`submit_threadsafe` elsewhere.
+        new. ``urgent``: do not linger for more rows (someone waits for this one), as
+        :meth:`flush` does. Must be called on the event loop thread; use
+        :meth:`submit_threadsafe` elsewhere.
         """
         loop = self._require_loop()
         if self._closing:
@@ -159,8 +162,16 @@ class Registrar:
         self._buffer.append(_Item(row, future, loop.time(), extra=extra))
         self._pending += 1
         self._idle.clear()
+        if urgent:
+            self._flush_pending = len(self._buffer)
         self._pump()
         return future
+
+    def flush(self) -> None:
+        """Send every row buffered now without waiting for the linger time (a client waits)."""
+        self._flush_pending = len(self._buffer)
+        if self._loop is not None:
+            self._pump()
 
     def submit_threadsafe(self, row: PacsFileRow) -> concurrent.futures.Future[bool]:
         """Like :meth:`submit`, callable from any thread."""
@@ -235,10 +246,12 @@ class Registrar:
             return
         while self._buffer and len(self._in_flight) < self._max_batches:
             due = self._buffer[0].enqueued + self._linger - _LINGER_TOLERANCE
-            if len(self._buffer) < self._batch_size and not self._closing and loop.time() < due:
+            urgent = self._closing or self._flush_pending > 0
+            if len(self._buffer) < self._batch_size and not urgent and loop.time() < due:
                 break
             count = min(self._batch_size, len(self._buffer))
             items = [self._buffer.popleft() for _ in range(count)]
+            self._flush_pending = max(0, self._flush_pending - count)
             task = loop.create_task(self._run_batch(items))
             self._in_flight.add(task)
             task.add_done_callback(self._batch_done)
