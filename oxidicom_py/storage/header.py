@@ -134,32 +134,66 @@ def walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dic
         return _walk(prefix, implicit=True, little=little, complete=complete)
 
 
+_HEADERS = {
+    True: (struct.Struct("<HH2sH").unpack_from, struct.Struct("<HHL").unpack_from, struct.Struct("<L").unpack_from),
+    False: (struct.Struct(">HH2sH").unpack_from, struct.Struct(">HHL").unpack_from, struct.Struct(">L").unpack_from),
+}
+
+
 def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
-    w = _Walker(prefix, little)
+    # The hot loop of the receive path: one struct call per top-level element; sequences of
+    # undefined length (rare before (0020,0013)) go through the slower _Walker.
+    explicit_header, implicit_header, u32 = _HEADERS[little]
+    end = len(prefix)
     found: dict[str, bytes] = {}
     pos = 0
-    try:
-        while pos < w.end:
-            if w.tag_at(pos) > LAST_WANTED:
+    walker: _Walker | None = None
+    while True:
+        if pos + 8 > end:
+            if pos + 4 <= end and _Walker(prefix, little).tag_at(pos) > LAST_WANTED:
                 return found
-            tag, length, vr, hdr = w.element_header(pos, implicit)
-            if length == _UNDEFINED:
-                pos = w.skip_sequence(pos + hdr, implicit or vr == b"UN", 1)
-                continue
-            start = pos + hdr
-            pos = start + length
-            name = WANTED.get(tag)
-            if name is not None:
-                if pos > w.end:
+            if complete:
+                return found
+            raise NeedMore
+        if implicit:
+            group, elem, length = implicit_header(prefix, pos)
+            vr, hdr = b"", 8
+        else:
+            group, elem, vr, length = explicit_header(prefix, pos)
+            hdr = 8
+            if group == 0xFFFE:
+                (length,) = u32(prefix, pos + 4)
+            elif vr in _LONG_VRS:
+                if pos + 12 > end:
+                    if ((group << 16) | elem) > LAST_WANTED or complete:
+                        return found
                     raise NeedMore
-                found[name] = bytes(prefix[start:pos])
-    except NeedMore:
-        if complete:  # the dataset ends inside an element: keep what was found before it
+                (length,) = u32(prefix, pos + 8)
+                hdr = 12
+            elif not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+                raise HeaderError(f"invalid VR {vr!r} at offset {pos}")
+        tag = (group << 16) | elem
+        if tag > LAST_WANTED:
             return found
-        raise
-    if not complete:  # ran out of bytes before passing the last wanted tag
-        raise NeedMore
-    return found
+        if length == _UNDEFINED:
+            if walker is None:
+                walker = _Walker(prefix, little)
+            try:
+                pos = walker.skip_sequence(pos + hdr, implicit or vr == b"UN", 1)
+            except NeedMore:
+                if complete:
+                    return found
+                raise
+            continue
+        start = pos + hdr
+        pos = start + length
+        name = WANTED.get(tag)
+        if name is not None:
+            if pos > end:
+                if complete:  # the dataset ends inside an element: keep what was found before it
+                    return found
+                raise NeedMore
+            found[name] = bytes(prefix[start:pos])
 
 
 def decode_values(raw: dict[str, bytes]) -> dict[str, str | None]:

@@ -103,19 +103,26 @@ class FilesRoot:
 class StagedFile:
     """A file being written under a temporary name."""
 
-    __slots__ = ("_fd", "owner", "path", "size")
+    __slots__ = ("_fd", "_header", "owner", "path", "size")
 
     def __init__(self, owner: FilesRoot, path: str, header: bytes) -> None:
         self.owner = owner
         self.path = path
         self._fd: int | None = os.open(path, _O_FLAGS, 0o644)
         self.size = 0
-        if header:
-            self.write(header)
+        self._header = header  # written together with the first data (one syscall fewer)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._fd is not None
         view = memoryview(data)
+        if self._header:
+            header, self._header = self._header, b""
+            n = os.writev(self._fd, (header, view))
+            self.size += n
+            if n >= len(header):
+                view = view[n - len(header) :]
+            else:  # a short write inside the header (never seen on a regular file): finish plainly
+                self.write(header[n:])
         while view:
             try:
                 n = os.write(self._fd, view)
@@ -125,6 +132,8 @@ class StagedFile:
             self.size += n
 
     def close(self) -> None:
+        if self._header:
+            self.write(b"")
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
