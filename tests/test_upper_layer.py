@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -313,3 +314,23 @@ def test_fsync_is_skipped_on_tmpfs_only(tmp_path: Path) -> None:
     assert FilesRoot(on_disk, fsync=True).fsync is True
     shutil.rmtree(on_disk)
     shutil.rmtree(Path("/dev/shm") / f"oxidicom-test-{os.getpid()}")
+
+
+def test_stock_storescu_with_nagle_on_does_not_stall(tmp_path: Path, series: list[Path]) -> None:
+    """Debian's DCMTK leaves Nagle on and writes each PDU header and body separately; a receiver
+    that delays its ACK then costs ~40 ms per PDU. This guards against that stall (12 PDUs would
+    take about a second with it; the bound is generous, it is not a speed target)."""
+    env = {k: v for k, v in peer_env().items() if k != "TCP_NODELAY"}
+    with InProcessReceiver(tmp_path, max_pdu=16384) as rx:
+        started = time.monotonic()
+        proc = subprocess.run(
+            ["storescu", "-aec", "OXITEST", LOOPBACK, str(rx.port), *map(str, series)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        elapsed = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr
+        assert len(rx.stored()) == len(series)
+        assert elapsed < 0.04 * len(series), f"{elapsed:.2f} s for {len(series)} instances"

@@ -139,15 +139,18 @@ class AssociationProtocol(asyncio.Protocol):
         self._start_artim()
 
     def data_received(self, data: bytes) -> None:
-        if self._sock is not None and _TCP_QUICKACK is not None:
-            try:  # answer a Nagle-on sender at once instead of after the delayed-ACK timer
-                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                self._sock = None
         if self._blocked:
             self._pending.append(data)
             return
         self._feed(memoryview(data))
+        if (self._pdata_left or self._acc or self._pdu_need) and self._sock is not None and _TCP_QUICKACK:
+            # We stopped inside a PDU: a sender with Nagle on (DCMTK's default) may be holding
+            # the rest until its first segment is ACKed; ACK now instead of after the ~40 ms
+            # delayed-ACK timer. At a PDU boundary our response carries the ACK anyway.
+            try:
+                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+            except OSError:
+                self._sock = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_artim()
