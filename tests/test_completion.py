@@ -149,3 +149,31 @@ def test_push_count_row_is_visible_only_after_every_row_it_counts(tmp_path: Path
         watcher.join(10)
     assert violations == []
     assert sorted(seen.values()) == sorted([12, 12, 13, 13, 14, 14, 15, 15])
+
+
+def test_quiescence_ends_a_series_and_a_late_instance_reopens_it(tmp_path: Path, db_uri: str) -> None:
+    """No count from the PACS and an association left open: the series ends after the
+    quiescence timeout; an instance arriving later reopens it and is counted; the release ends it."""
+    from harness import RawScu, dataset_bytes, sop_of
+
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=1, slices=4, rows=32, cols=32, seed=99)
+    uid = next(iter(_series_of(files)))
+
+    def progress() -> dict[str, Any] | None:
+        rows = _query(db_uri, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
+        return rows[0] if rows else None
+
+    env = _env(db_uri, tmp_path, OXIDICOM_SERIES_QUIESCENCE="0.5", OXIDICOM_LISTENER_PROCESSES="1")
+    with ServeProcess(env, tmp_path) as rx:
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
+        for f in files[:3]:
+            assert scu.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
+        wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="quiescence")
+        p = progress()
+        assert p is not None and (p["received"], p["expected"], p["open_associations"]) == (3, None, [])
+        assert scu.store(1, *sop_of(files[3]), dataset_bytes(files[3]))[0] == 0  # a late instance
+        wait_until(lambda: (p := progress()) is not None and p["received"] == 4, 20, what="the late instance")
+        assert progress()["state"] == "receiving"  # type: ignore[index]
+        scu.release()
+        wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="the release")
+    assert any(line.get("msg") == "series ended by quiescence" for line in rx.lines)
