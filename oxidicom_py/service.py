@@ -26,6 +26,7 @@ from oxidicom_py.net.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.registry.embedded import EmbeddedPostgres
+from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.settings import Settings
@@ -71,7 +72,7 @@ async def prepare(settings: Settings) -> Prepared:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
     try:
-        pool = _pool(uri, 1)
+        pool = make_pool(uri, 1)
         await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
         try:
             async with pool.connection() as conn:
@@ -96,7 +97,7 @@ async def prepare(settings: Settings) -> Prepared:
     return Prepared(uri, embedded)
 
 
-def _pool(uri: str, size: int) -> AsyncConnectionPool:
+def make_pool(uri: str, size: int) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         uri,
         min_size=1,
@@ -133,7 +134,7 @@ async def start_worker(
     settings: Settings, db_uri: str, sock: socket.socket, *, db_pool: int, max_associations: int
 ) -> Worker:
     """Registrar, storage and listener of one process, accepting on ``sock``."""
-    pool = _pool(db_uri, db_pool)
+    pool = make_pool(db_uri, db_pool)
     await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
     registrar = Registrar(
         pool,
@@ -238,13 +239,21 @@ async def run_worker_until_signalled(
     db_pool: int,
     max_associations: int,
     on_ready: Callable[[Worker], None],
+    reconcile: bool = False,
 ) -> bool:
+    """``reconcile``: also register stored files the database lacks (the single-process mode;
+    with a pool of workers the supervisor does it)."""
     stop = asyncio.Event()
     on_stop_signal(stop.set)
     worker = await start_worker(settings, db_uri, sock, db_pool=db_pool, max_associations=max_associations)
+    reconciler = Reconciler(worker.ingest.files.root, worker.pool, worker.registrar) if reconcile else None
+    if reconciler is not None:
+        reconciler.request()
     on_ready(worker)
     await stop.wait()
     log.info("draining")
+    if reconciler is not None:
+        await reconciler.close()
     return await drain(worker)
 
 
@@ -276,6 +285,7 @@ async def serve(settings: Settings) -> int:
             db_pool=settings.db_pool,
             max_associations=settings.listener_threads,
             on_ready=ready,
+            reconcile=True,
         )
     finally:
         await asyncio.to_thread(prepared.stop)

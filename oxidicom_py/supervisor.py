@@ -19,7 +19,10 @@ import signal
 import sys
 import time
 
-from oxidicom_py.service import DRAIN_TIMEOUT, bind_listener, on_stop_signal, prepare
+from oxidicom_py.completion.progress import count_inserted
+from oxidicom_py.registry.reconcile import Reconciler
+from oxidicom_py.registry.registrar import Registrar
+from oxidicom_py.service import DB_CONNECT_TIMEOUT, DRAIN_TIMEOUT, bind_listener, make_pool, on_stop_signal, prepare
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.writer import FilesRoot
 
@@ -44,7 +47,17 @@ class Supervisor:
     async def run(self) -> int:
         prepared = await prepare(self.settings)
         try:
-            return await self._supervise(prepared.db_uri)
+            pool = make_pool(prepared.db_uri, 2)
+            await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
+            registrar = Registrar(pool, logger=logging.getLogger("oxidicom_py.registry"), on_inserted=count_inserted)
+            await registrar.start()
+            self.reconciler = Reconciler(self.settings.files_root.resolve(), pool, registrar)
+            try:
+                return await self._supervise(prepared.db_uri)
+            finally:
+                await self.reconciler.close()
+                await registrar.close()
+                await pool.close()
         finally:
             await asyncio.to_thread(prepared.stop)
 
@@ -66,6 +79,7 @@ class Supervisor:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if self._all_ready.is_set():
+                self.reconciler.request()  # files a crash left without a row
                 host, port = sock.getsockname()[:2]
                 log.info(
                     "ready",
@@ -140,6 +154,7 @@ class Supervisor:
                 "worker died; starting a new one",
                 extra={"worker": slot, "pid": proc.pid, "exit_code": code, "staged_removed": removed},
             )
+            self.reconciler.request()  # rows it had not committed yet
             backoff = 0.1 if time.monotonic() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
             await asyncio.sleep(backoff)
 

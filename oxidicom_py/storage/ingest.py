@@ -210,7 +210,7 @@ class IncomingInstance:
                 self._raw = None
         self._prefix = None
         values = self._values()
-        problem, study_date = _check_required(values)
+        problem, study_date = check_required(values)
         if problem is not None:
             return self._reject(problem)
         assert study_date is not None
@@ -219,7 +219,7 @@ class IncomingInstance:
             path = instance_path(aet, values)
         except ValueError as e:
             return self._reject(f"no safe storage path: {e}")
-        row = _row(path, aet, values, study_date, self.store.info.ulid)
+        row = make_row(path, aet, values, study_date, self.store.info.ulid)
         if self.store.series is not None:
             self.store.series.attempted(row)
         files = self.store.ingest.files
@@ -261,7 +261,7 @@ class IncomingInstance:
         if self._raw is not None:
             decoded = header.decode_values(self._raw)
         else:
-            decoded = _values_with_pydicom(self.staged.path if self.staged else None)
+            decoded = values_with_pydicom(self.staged.path if self.staged else None)
         return {k: first_value(v) for k, v in decoded.items()}
 
     def _reject(self, problem: str) -> StoreResult:
@@ -275,7 +275,7 @@ class IncomingInstance:
         return StoreResult(dimse.CANNOT_UNDERSTAND, problem[:64])
 
 
-def _check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:
+def check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:
     for keyword in REQUIRED:
         if not tts(values.get(keyword)):
             return f"missing required tag {keyword}", None
@@ -286,7 +286,7 @@ def _check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date 
     return None, study_date
 
 
-def _row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, ulid: str) -> PacsFileRow:
+def make_row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, ulid: str) -> PacsFileRow:
     def text(keyword: str) -> str:
         return tts(v.get(keyword)) or ""
 
@@ -310,7 +310,7 @@ def _row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, uli
     )
 
 
-def _values_with_pydicom(path: str | None) -> dict[str, str | None]:
+def values_with_pydicom(path: str | None) -> dict[str, str | None]:
     """Slow path for headers the walker could not read: let pydicom parse the staged file."""
     out: dict[str, str | None] = dict.fromkeys(header.KEYWORDS)
     if path is None:

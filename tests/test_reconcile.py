@@ -1,0 +1,135 @@
+"""Files in storage without a row (a crash between write and commit) get registered, once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+from harness import LOOPBACK, load_script, peer_env, wait_until
+from peers import ServeProcess
+from psycopg.rows import dict_row
+
+from oxidicom_py.registry.reconcile import row_of_stored_file
+
+pytestmark = pytest.mark.integration
+
+INSTANCE_ROWS = (
+    "SELECT f.* , p.identifier AS pacs FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
+    "WHERE p.identifier <> 'org.fnndsc.oxidicom' ORDER BY fname"
+)
+
+
+def _rows(db: str) -> list[dict[str, Any]]:
+    with psycopg.connect(db, row_factory=dict_row) as conn:
+        return conn.execute(INSTANCE_ROWS).fetchall()
+
+
+def _push(port: int, files: list[Path]) -> None:
+    proc = subprocess.run(
+        ["storescu", "-aet", "RECONCILE", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _env(db: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "OXIDICOM_DB_CONNECTION": db,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIDICOMTEST",
+        **extra,
+    }
+
+
+def _reconciled(rx: ServeProcess) -> list[dict[str, Any]]:
+    return [line for line in rx.lines if str(line.get("msg", "")).startswith("reconciliation done")]
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_stored_files_without_rows_are_registered_at_start_up(tmp_path: Path, db_uri: str, processes: str) -> None:
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=5, rows=32, cols=32)
+    env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES=processes)
+    with ServeProcess(env, tmp_path) as rx:
+        _push(rx.port, files)
+        wait_until(lambda: len(_rows(db_uri)) == 10, 30, what="rows")
+    before = _rows(db_uri)
+    with psycopg.connect(db_uri) as conn:  # the crash: files stay, rows are gone
+        conn.execute("DELETE FROM pacsfiles_pacsfile")
+        conn.execute("DELETE FROM oxidicom_series_progress")
+    with ServeProcess(env, tmp_path) as rx:
+        wait_until(lambda: _reconciled(rx), 30, what="reconciliation")
+        assert _reconciled(rx)[0]["missing"] == 10 and _reconciled(rx)[0]["registered"] == 10
+        after = _rows(db_uri)
+    keep = ("fname", "pacs", "PatientID", "PatientName", "StudyDate", "SeriesInstanceUID", "PatientAge", "Modality")
+    assert [{k: r[k] for k in keep} for r in after] == [{k: r[k] for k in keep} for r in before]
+    with psycopg.connect(db_uri) as conn:
+        received = conn.execute("SELECT sum(received) FROM oxidicom_series_progress").fetchone()
+    assert received == (10,)
+    with ServeProcess(env, tmp_path) as rx:  # nothing is missing any more: nothing registered twice
+        wait_until(lambda: _reconciled(rx), 30, what="second reconciliation")
+        assert _reconciled(rx)[0]["missing"] == 0
+        assert len(_rows(db_uri)) == 10
+
+
+def test_killed_workers_lose_no_acknowledged_instance(tmp_path: Path, db_uri: str) -> None:
+    """kill -9 every worker while the database is too slow to have registered what they
+    acknowledged: after the supervisor restarts them, every stored file has exactly one row."""
+    from oxidicom_py.registry.schema import ensure_schema_sync
+
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        ensure_schema_sync(conn)
+        conn.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        )
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=10, rows=32, cols=32)
+    env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES="2")
+    with ServeProcess(env, tmp_path) as rx:
+        assert rx.proc is not None
+        _push(rx.port, files)  # every C-STORE answered Success: the files are in place
+        stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
+        assert len(stored) == 20 and len(_rows(db_uri)) < 20
+        workers = [p for p in psutil.Process(rx.proc.pid).children() if "worker" in p.cmdline()]
+        for w in workers:
+            os.kill(w.pid, signal.SIGKILL)
+        wait_until(lambda: sum(1 for line in rx.lines if line.get("msg") == "worker died; starting a new one") == 2, 20)
+        with psycopg.connect(db_uri, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")
+        wait_until(lambda: len(_rows(db_uri)) == 20, 60, what="every acknowledged instance registered")
+        assert sorted(r["fname"] for r in _rows(db_uri)) == sorted(
+            str(p.relative_to(tmp_path / "files")) for p in stored
+        )
+        assert not list((tmp_path / "files" / ".oxidicom-staging").iterdir())
+    assert rx.proc.returncode == 0
+
+
+def test_row_of_a_stored_file_uses_the_senders_raw_ae_title(tmp_path: Path) -> None:
+    """The path holds the sanitised AE title; the file meta keeps the raw one for the row."""
+    import pydicom
+
+    from oxidicom_py.storage.part10 import file_header
+
+    src = load_script("synthetic").generate(tmp_path / "src", slices=1, rows=8, cols=8)[0]
+    ds = pydicom.dcmread(src)
+    raw = src.read_bytes()
+    group_length = int.from_bytes(raw[140:144], "little")
+    dataset = raw[144 + group_length :]
+    relative = "SERVICES/PACS/MY_AE/x/y/z/0001-1.dcm"
+    target = tmp_path / "root" / relative
+    target.parent.mkdir(parents=True)
+    target.write_bytes(file_header(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "MY AE") + dataset)
+    row = row_of_stored_file(tmp_path / "root", relative)
+    assert row is not None
+    assert (row.fname, row.pacs_identifier, row.PatientID) == (relative, "MY AE", str(ds.PatientID))
