@@ -159,7 +159,9 @@ class Supervisor:
             await asyncio.sleep(backoff)
 
     async def _stop_workers(self) -> list[int]:
-        procs = list(self.procs.values())
+        # Only the workers running now drain; one that died before was already reported and replaced
+        # (or is being replaced: its replacement is not started any more).
+        procs = [proc for proc in self.procs.values() if proc.returncode is None]
         for proc in procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

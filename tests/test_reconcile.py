@@ -133,3 +133,47 @@ def test_row_of_a_stored_file_uses_the_senders_raw_ae_title(tmp_path: Path) -> N
     row = row_of_stored_file(tmp_path / "root", relative)
     assert row is not None
     assert (row.fname, row.pacs_identifier, row.PatientID) == (relative, "MY AE", str(ds.PatientID))
+
+
+def test_kill_9_in_the_middle_of_an_association(tmp_path: Path, db_uri: str) -> None:
+    """A worker dies while an instance is half received: no partial file anywhere, its staged
+    file is removed, and every instance it acknowledged before is stored and registered."""
+    from harness import RawScu, dataset_bytes, sop_of
+
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=1, slices=6, rows=64, cols=64)
+    env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES="2")
+    with ServeProcess(env, tmp_path) as rx:
+        assert rx.proc is not None
+        before = {p.pid for p in psutil.Process(rx.proc.pid).children() if "worker" in p.cmdline()}
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
+        for f in files[:5]:
+            assert scu.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
+        staging = tmp_path / "files" / ".oxidicom-staging"
+        from oxidicom_py.net import dimse
+
+        sop_class, sop_instance = sop_of(files[5])
+        command = dimse.encode_command(
+            {
+                dimse.AFFECTED_SOP_CLASS_UID: sop_class,
+                dimse.COMMAND_FIELD: dimse.C_STORE_RQ,
+                dimse.MESSAGE_ID: 99,
+                dimse.PRIORITY: 0,
+                dimse.COMMAND_DATA_SET_TYPE: 0,
+                dimse.AFFECTED_SOP_INSTANCE_UID: sop_instance,
+            }
+        )
+        from harness import p_data
+
+        data = dataset_bytes(files[5])
+        scu.send(p_data(1, command, command=True) + p_data(1, data[: len(data) // 2], command=False, last=False))
+        staged = wait_until(lambda: list(staging.iterdir()), 10, what="the half-received instance staged")
+        owner = int(staged[0].name.split("-")[0])
+        assert owner in before
+        os.kill(owner, signal.SIGKILL)
+        wait_until(lambda: any(line.get("msg") == "worker died; starting a new one" for line in rx.lines), 20)
+        wait_until(lambda: not list(staging.iterdir()), 20, what="the staged file removed")
+        wait_until(lambda: len(_rows(db_uri)) == 5, 30, what="the five acknowledged instances registered")
+        stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
+        assert len(stored) == 5
+        assert not any(sop_instance in p.name for p in stored)
+    assert rx.proc.returncode == 0, "\n".join(str(line) for line in rx.lines[-8:])
