@@ -1,0 +1,80 @@
+"""PostgreSQL stops for 30 s during a push: reception goes on, nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import pytest
+from harness import LOOPBACK, load_script, peer_env, wait_until
+from peers import ServeProcess
+
+from oxidicom_py.registry.embedded import EmbeddedPostgres
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_SECONDS = 30
+
+
+def _count(uri: str) -> int:
+    with psycopg.connect(uri, connect_timeout=2) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
+            "WHERE p.identifier = 'OUTAGE'"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _push(port: int, files: list[Path]) -> None:
+    proc = subprocess.run(
+        ["storescu", "-aet", "OUTAGE", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_receiving_continues_through_a_database_outage(
+    tmp_path: Path, embedded_pg: Callable[[], EmbeddedPostgres]
+) -> None:
+    server = embedded_pg()
+    uri = server.start()
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=3, slices=10, rows=32, cols=32)
+    env = {
+        "OXIDICOM_DB_CONNECTION": uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIDICOMTEST",
+    }
+    with ServeProcess(env, tmp_path) as rx:
+        _push(rx.port, files[:10])
+        wait_until(lambda: _count(uri) == 10, 30, what="rows before the outage")
+
+        server.stop()
+        down_since = time.monotonic()
+        _push(rx.port, files[10:20])  # new associations are accepted and answered Success
+        assert len(list((tmp_path / "files" / "SERVICES").rglob("*.dcm"))) == 20
+        wait_until(
+            lambda: any(line.get("msg") == "registration failed, retrying the batch" for line in rx.lines),
+            30,
+            what="the registrar noticing the outage",
+        )
+        # keep the database away for the whole outage, while a third push arrives
+        _push(rx.port, files[20:])
+        while time.monotonic() - down_since < OUTAGE_SECONDS:
+            assert rx.proc is not None and rx.proc.poll() is None
+            time.sleep(1)  # the outage itself: the test holds the database down for 30 s
+
+        server.start()
+        wait_until(lambda: _count(uri) == 30, 60, what="every acknowledged instance registered")
+        with psycopg.connect(uri) as conn:
+            fnames = conn.execute("SELECT count(DISTINCT fname), count(*) FROM pacsfiles_pacsfile").fetchone()
+            progress = conn.execute("SELECT sum(received) FROM oxidicom_series_progress").fetchone()
+        assert fnames is not None and fnames[0] == fnames[1]  # exactly once
+        assert progress == (30,)
+    assert rx.proc is not None and rx.proc.returncode == 0
