@@ -269,3 +269,19 @@ def encode_dataset(ds: Any, implicit: bool = False) -> bytes:
     buf.is_little_endian = True
     write_dataset(buf, ds)
     return buf.getvalue()
+
+
+def storescu(
+    port: int, files: list[Path], *, calling: str, called: str = "OXIDICOMTEST", args: tuple[str, ...] = ()
+) -> None:
+    """Push ``files`` with DCMTK's storescu (Nagle off) and fail the test if it fails."""
+    import subprocess
+
+    proc = subprocess.run(
+        ["storescu", "-aet", calling, "-aec", called, *args, LOOPBACK, str(port), *map(str, files)],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from harness import LOOPBACK, load_script, peer_env, wait_until
+from harness import load_script, storescu, wait_until
 from peers import ServeProcess
 
 from oxidicom_py.registry.embedded import EmbeddedPostgres
@@ -29,17 +28,6 @@ def _count(uri: str) -> int:
     return int(row[0])
 
 
-def _push(port: int, files: list[Path]) -> None:
-    proc = subprocess.run(
-        ["storescu", "-aet", "OUTAGE", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
-        env=peer_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-
-
 def test_receiving_continues_through_a_database_outage(
     tmp_path: Path, embedded_pg: Callable[[], EmbeddedPostgres]
 ) -> None:
@@ -52,12 +40,12 @@ def test_receiving_continues_through_a_database_outage(
         "OXIDICOM_SCP_AET": "OXIDICOMTEST",
     }
     with ServeProcess(env, tmp_path) as rx:
-        _push(rx.port, files[:10])
+        storescu(rx.port, calling="OUTAGE", files=files[:10])
         wait_until(lambda: _count(uri) == 10, 30, what="rows before the outage")
 
         server.stop()
         down_since = time.monotonic()
-        _push(rx.port, files[10:20])  # new associations are accepted and answered Success
+        storescu(rx.port, calling="OUTAGE", files=files[10:20])  # new associations are accepted and answered Success
         assert len(list((tmp_path / "files" / "SERVICES").rglob("*.dcm"))) == 20
         wait_until(
             lambda: any(line.get("msg") == "registration failed, retrying the batch" for line in rx.lines),
@@ -65,7 +53,7 @@ def test_receiving_continues_through_a_database_outage(
             what="the registrar noticing the outage",
         )
         # keep the database away for the whole outage, while a third push arrives
-        _push(rx.port, files[20:])
+        storescu(rx.port, calling="OUTAGE", files=files[20:])
         while time.monotonic() - down_since < OUTAGE_SECONDS:
             assert rx.proc is not None and rx.proc.poll() is None
             time.sleep(1)  # the outage itself: the test holds the database down for 30 s

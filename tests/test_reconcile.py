@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import psutil
 import psycopg
 import pytest
-from harness import LOOPBACK, load_script, peer_env, wait_until
+from harness import load_script, storescu, wait_until
 from peers import ServeProcess
 from psycopg.rows import dict_row
 
@@ -28,17 +27,6 @@ INSTANCE_ROWS = (
 def _rows(db: str) -> list[dict[str, Any]]:
     with psycopg.connect(db, row_factory=dict_row) as conn:
         return conn.execute(INSTANCE_ROWS).fetchall()
-
-
-def _push(port: int, files: list[Path]) -> None:
-    proc = subprocess.run(
-        ["storescu", "-aet", "RECONCILE", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
-        env=peer_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
 
 
 def _env(db: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -59,7 +47,7 @@ def test_stored_files_without_rows_are_registered_at_start_up(tmp_path: Path, db
     files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=5, rows=32, cols=32)
     env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES=processes)
     with ServeProcess(env, tmp_path) as rx:
-        _push(rx.port, files)
+        storescu(rx.port, calling="RECONCILE", files=files)
         wait_until(lambda: len(_rows(db_uri)) == 10, 30, what="rows")
     before = _rows(db_uri)
     with psycopg.connect(db_uri) as conn:  # the crash: files stay, rows are gone
@@ -98,7 +86,7 @@ def test_killed_workers_lose_no_acknowledged_instance(tmp_path: Path, db_uri: st
     env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES="2")
     with ServeProcess(env, tmp_path) as rx:
         assert rx.proc is not None
-        _push(rx.port, files)  # every C-STORE answered Success: the files are in place
+        storescu(rx.port, calling="RECONCILE", files=files)  # every C-STORE answered Success: the files are in place
         stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
         assert len(stored) == 20 and len(_rows(db_uri)) < 20
         workers = [p for p in psutil.Process(rx.proc.pid).children() if "worker" in p.cmdline()]
