@@ -167,6 +167,10 @@ async def start_worker(
         strict=settings.scp_strict,
         policy=AcceptancePolicy(promiscuous=settings.scp_promiscuous, uncompressed_only=settings.scp_uncompressed_only),
         artim_timeout=settings.scp_artim_timeout,
+        allowed_calling_aets=settings.scp_allowed_aets,
+        allowed_networks=settings.scp_allowed_networks,
+        check_called_aet=settings.scp_check_called_aet,
+        idle_timeout=settings.scp_idle_timeout or None,
     )
     listener: Listener | PynetdicomListener
     if settings.scp_implementation == "pynetdicom":

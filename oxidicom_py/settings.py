@@ -6,6 +6,7 @@ value stops start-up with one line naming the variable and what is wrong with it
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -40,6 +41,10 @@ class Settings:
     scp_max_pdu_length: int = 131072
     scp_artim_timeout: float = 30.0
     scp_implementation: str = "asyncio"
+    scp_allowed_aets: frozenset[str] | None = None
+    scp_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    scp_check_called_aet: bool = False
+    scp_idle_timeout: float = 600.0
     pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     cfind_connect_timeout: float = 5.0
     cfind_timeout: float = 30.0
@@ -97,6 +102,33 @@ def _positive_float(name: str, raw: str) -> float:
         raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
     if not v > 0:
         raise SettingsError(f"{name}: must be greater than 0, got {raw!r}")
+    return v
+
+
+def _ae_list(name: str, raw: str) -> frozenset[str] | None:
+    items = [item for item in (part.strip() for part in raw.split(",")) if item]
+    return frozenset(parse_ae_title(name, item) for item in items) if items else None
+
+
+def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(f"{name}: not an IP network (e.g. 10.0.0.0/8 or 192.0.2.7): {item!r}") from None
+    return tuple(out) if out else None
+
+
+def _non_negative_float(name: str, raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not v >= 0:
+        raise SettingsError(f"{name}: must be 0 or more, got {raw!r}")
     return v
 
 
@@ -195,6 +227,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         scp_max_pdu_length=_get(e, "OXIDICOM_SCP_MAX_PDU_LENGTH", _max_pdu, d.scp_max_pdu_length),
         scp_artim_timeout=_get(e, "OXIDICOM_SCP_ARTIM_TIMEOUT", _positive_float, d.scp_artim_timeout),
         scp_implementation=_get(e, "OXIDICOM_SCP_IMPLEMENTATION", _implementation, d.scp_implementation),
+        scp_allowed_aets=_get(e, "OXIDICOM_SCP_ALLOWED_AETS", _ae_list, None),
+        scp_allowed_networks=_get(e, "OXIDICOM_SCP_ALLOWED_NETWORKS", _networks, None),
+        scp_check_called_aet=_get(e, "OXIDICOM_SCP_CHECK_CALLED_AET", parse_bool, d.scp_check_called_aet),
+        scp_idle_timeout=_get(e, "OXIDICOM_SCP_IDLE_TIMEOUT", _non_negative_float, d.scp_idle_timeout),
         pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
         cfind_connect_timeout=_get(e, "OXIDICOM_CFIND_CONNECT_TIMEOUT", _positive_float, d.cfind_connect_timeout),
         cfind_timeout=_get(e, "OXIDICOM_CFIND_TIMEOUT", _positive_float, d.cfind_timeout),
@@ -223,6 +259,10 @@ DOCUMENTED = (
     "OXIDICOM_SCP_MAX_PDU_LENGTH",
     "OXIDICOM_SCP_ARTIM_TIMEOUT",
     "OXIDICOM_SCP_IMPLEMENTATION",
+    "OXIDICOM_SCP_ALLOWED_AETS",
+    "OXIDICOM_SCP_ALLOWED_NETWORKS",
+    "OXIDICOM_SCP_CHECK_CALLED_AET",
+    "OXIDICOM_SCP_IDLE_TIMEOUT",
     "OXIDICOM_PACS_ADDRESS",
     "OXIDICOM_CFIND_CONNECT_TIMEOUT",
     "OXIDICOM_CFIND_TIMEOUT",

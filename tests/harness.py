@@ -72,12 +72,20 @@ class InProcessReceiver:
         fsync: bool = False,
         artim: float = 30.0,
         max_associations: int = 16,
+        **access: Any,
     ) -> None:
+        """``access``: AcceptorConfig's access fields (allowed_calling_aets, allowed_networks,
+        check_called_aet, idle_timeout)."""
         self.rows: list[PacsFileRow] = []
         self.outcomes: list[str] = []
         self.files = FilesRoot(files_root, fsync=fsync)
         self.config = AcceptorConfig(
-            ae_title, max_pdu, strict, AcceptancePolicy(promiscuous, uncompressed_only), artim_timeout=artim
+            ae_title,
+            max_pdu,
+            strict,
+            AcceptancePolicy(promiscuous, uncompressed_only),
+            artim_timeout=artim,
+            **access,
         )
         self.max_associations = max_associations
         self.loop = uvloop.new_event_loop()  # the loop production runs on

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import socket
 import struct
@@ -75,6 +76,14 @@ class AcceptorConfig:
     """Abort when a P-DATA PDU exceeds ``max_pdu_length`` (otherwise accept it with a warning)."""
     policy: AcceptancePolicy
     artim_timeout: float = 30.0
+    allowed_calling_aets: frozenset[str] | None = None
+    """Calling AE titles let in (None: any)."""
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+    """Client address networks let in (None: any); others are disconnected before any PDU is read."""
+    check_called_aet: bool = False
+    """Refuse an A-ASSOCIATE-RQ whose called AE title is not ``ae_title``."""
+    idle_timeout: float | None = None
+    """Close an association that sends nothing for this many seconds (None: never)."""
 
 
 Admission = Callable[[pdu.AssociateRequest, tuple[str, int]], tuple[int, int, int] | None]
@@ -123,6 +132,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._oversize_warned = False
         self._outcome = "closed"
+        self._last_activity = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,9 +147,15 @@ class AssociationProtocol(asyncio.Protocol):
                 self._sock = None
         peer = transport.get_extra_info("peername") or ("?", 0)
         self._peer = (str(peer[0]), int(peer[1]))
+        if self.config.allowed_networks is not None and not _address_in(self._peer[0], self.config.allowed_networks):
+            self._log.warning("connection from a network that is not allowed: closed", extra=self._peer_extra())
+            self._outcome = "refused: network not allowed"
+            self._close()
+            return
         self._start_artim()
 
     def data_received(self, data: bytes) -> None:
+        self._last_activity = self._loop_time()
         if self._blocked:
             self._pending.append(data)
             return
@@ -154,6 +171,8 @@ class AssociationProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_artim()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if self._instance is not None:
             self._instance.abort("connection lost")
             self._instance = None
@@ -167,6 +186,23 @@ class AssociationProtocol(asyncio.Protocol):
             self.handler = None
 
     # -- timers ------------------------------------------------------------------------
+    @staticmethod
+    def _loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    def _idle_check_at(self, when: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_at(when, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """Periodic, not per read: close the association once it has been silent for idle_timeout."""
+        if self._phase != _Phase.ESTABLISHED or not self.config.idle_timeout:
+            return
+        deadline = self._last_activity + self.config.idle_timeout
+        if self._loop_time() < deadline or self._blocked:
+            self._idle_check_at(max(deadline, self._loop_time() + 0.05))
+            return
+        self._abort(pdu.ABORT_REASON_NOT_SPECIFIED, f"idle for {self.config.idle_timeout:g} s")
+
     def _start_artim(self) -> None:
         self._cancel_artim()
         loop = asyncio.get_running_loop()
@@ -448,6 +484,10 @@ class AssociationProtocol(asyncio.Protocol):
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_ACSE, pdu.RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED)
         elif req.application_context != "1.2.840.10008.3.1.1.1":
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_APP_CONTEXT_NOT_SUPPORTED)
+        elif (allowed := self.config.allowed_calling_aets) is not None and req.calling_ae not in allowed:
+            refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)
+        elif self.config.check_called_aet and req.called_ae != self.config.ae_title:
+            refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLED_AE_NOT_RECOGNIZED)
         elif self._admission is not None:
             refusal = self._admission(req, self._peer)
         if refusal is not None:
@@ -467,6 +507,8 @@ class AssociationProtocol(asyncio.Protocol):
             )
         )
         self._phase = _Phase.ESTABLISHED
+        if self.config.idle_timeout:
+            self._idle_check_at(self._loop_time() + self.config.idle_timeout)
         self.info = AssociationInfo(
             ulid=self.ulid,
             calling_ae=req.calling_ae,
@@ -483,3 +525,11 @@ class AssociationProtocol(asyncio.Protocol):
             extra=extra,
         )
         self.handler = self._on_established(self.info)
+
+
+def _address_in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -80,6 +80,13 @@ class PynetdicomListener:
         for uid in sorted(storage_sop_classes()):
             ae.add_supported_context(uid, syntaxes)
         _config.UNRESTRICTED_STORAGE_SERVICE = self.config.policy.promiscuous
+        if self.config.allowed_calling_aets is not None:
+            ae.require_calling_aet = sorted(self.config.allowed_calling_aets)
+        ae.require_called_aet = self.config.check_called_aet
+        if self.config.idle_timeout:
+            ae.network_timeout = self.config.idle_timeout
+        if self.config.allowed_networks is not None:
+            log.warning("OXIDICOM_SCP_ALLOWED_NETWORKS is not enforced by the pynetdicom acceptor")
         return ae
 
     async def start_on(self, sock: socket.socket) -> tuple[str, int]:
