@@ -73,7 +73,11 @@ class Orthanc:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
         )
-        wait_until(self._ready, 30, what="Orthanc's REST API")
+        try:
+            wait_until(self._ready, 30, what="Orthanc's REST API")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _ready(self) -> bool:
@@ -158,7 +162,11 @@ class ServeProcess:
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        wait_until(self._ready, 60, what="'ready' from oxidicom-py serve")
+        try:
+            wait_until(self._ready, 60, what="'ready' from oxidicom-py serve")
+        except BaseException:
+            self.stop()  # __exit__ is not called when __enter__ fails: never leak a receiver
+            raise
         return self
 
     def _read(self) -> None:
