@@ -37,18 +37,7 @@ class Listener:
 
     def _established(self, info: AssociationInfo) -> AssociationHandler:
         self.established += 1
-        handler = self._on_established(info)
-        listener = self
-
-        class _Counted:
-            def begin_instance(self, command, context):  # type: ignore[no-untyped-def]
-                return handler.begin_instance(command, context)
-
-            def closed(self, outcome: str) -> None:
-                listener.established -= 1
-                handler.closed(outcome)
-
-        return _Counted()
+        return _Counted(self, self._on_established(info))
 
     def _protocol(self) -> AssociationProtocol:
         return AssociationProtocol(self.config, self._established, self._admission)
@@ -73,3 +62,18 @@ class Listener:
     async def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class _Counted:
+    """An association's handler that gives its slot back to the listener when it closes."""
+
+    __slots__ = ("begin_instance", "handler", "listener")
+
+    def __init__(self, listener: Listener, handler: AssociationHandler) -> None:
+        self.listener = listener
+        self.handler = handler
+        self.begin_instance = handler.begin_instance  # no extra call per instance
+
+    def closed(self, outcome: str) -> None:
+        self.listener.established -= 1
+        self.handler.closed(outcome)

@@ -193,14 +193,18 @@ class IncomingInstance:
         )
         self._fail(reason)
 
+    def _failed(self) -> StoreResult:
+        """The instance could not be written: Out of Resources, with the reason."""
+        self.store.counts.failed += 1
+        self.store.log.error(
+            "instance not stored: %s", self.error, extra={"sop_instance": self.command.affected_sop_instance}
+        )
+        return StoreResult(dimse.OUT_OF_RESOURCES, (self.error or "storage failure")[:64])
+
     def finish(self) -> StoreResult | Awaitable[StoreResult]:
         counts = self.store.counts
         if self.error is not None or self.staged is None:
-            counts.failed += 1
-            self.store.log.error(
-                "instance not stored: %s", self.error, extra={"sop_instance": self.command.affected_sop_instance}
-            )
-            return StoreResult(dimse.OUT_OF_RESOURCES, (self.error or "storage failure")[:64])
+            return self._failed()
         staged = self.staged
         counts.bytes += staged.size
         if self._raw is None and self._prefix is not None:
@@ -229,7 +233,7 @@ class IncomingInstance:
             staged.commit(path)
         except OSError as e:
             self._fail(f"cannot publish the file: {e}")
-            return self.finish()
+            return self._failed()
         return self._stored(row)
 
     async def _commit_in_executor(self, staged: StagedFile, path: str, row: PacsFileRow) -> StoreResult:
@@ -239,9 +243,7 @@ class IncomingInstance:
             await loop.run_in_executor(self.store.ingest.executor, staged.commit, path)
         except OSError as e:
             self._fail(f"cannot publish the file: {e}")
-            result = self.finish()
-            assert isinstance(result, StoreResult)
-            return result
+            return self._failed()
         else:
             return self._stored(row)
         finally:
