@@ -45,6 +45,10 @@ class Settings:
     scp_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
     scp_check_called_aet: bool = False
     scp_idle_timeout: float = 600.0
+    scp_pdu_timeout: float = 60.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
     pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     cfind_connect_timeout: float = 5.0
     cfind_timeout: float = 30.0
@@ -53,8 +57,14 @@ class Settings:
     listener_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     listener_port: int = 11111
     listener_address: str = "0.0.0.0"
+    metrics_port: int | None = None
+    metrics_address: str = "0.0.0.0"
     verbose: bool = False
     log_level: str = "INFO"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def embedded_db(self) -> bool:
@@ -156,6 +166,22 @@ def _path(name: str, raw: str) -> Path:
     return Path(_non_empty(name, raw)).expanduser()
 
 
+def _readable_file(name: str, raw: str) -> Path:
+    p = _path(name, raw)
+    if not p.is_file():
+        raise SettingsError(f"{name}: no such file: {str(p)!r}")
+    return p
+
+
+def _tls(e: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
+    cert = _get(e, "OXIDICOM_TLS_CERT", _readable_file, None)
+    key = _get(e, "OXIDICOM_TLS_KEY", _readable_file, None)
+    ca = _get(e, "OXIDICOM_TLS_CLIENT_CA", _readable_file, None)
+    if cert is None and (key is not None or ca is not None):
+        raise SettingsError("OXIDICOM_TLS_CERT: required when OXIDICOM_TLS_KEY or OXIDICOM_TLS_CLIENT_CA is set")
+    return cert, key, ca
+
+
 def _log_level(name: str, raw: str) -> str:
     v = raw.strip().upper()
     if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -209,6 +235,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``OXIDICOM_*`` variable."""
     e = os.environ if env is None else env
     d = Settings()
+    tls_cert, tls_key, tls_client_ca = _tls(e)
     verbose = _get(e, "OXIDICOM_VERBOSE", parse_bool, d.verbose)
     state_dir = _get(e, "OXIDICOM_STATE_DIR", _path, d.state_dir)
     db = e.get("OXIDICOM_DB_CONNECTION")
@@ -231,6 +258,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         scp_allowed_networks=_get(e, "OXIDICOM_SCP_ALLOWED_NETWORKS", _networks, None),
         scp_check_called_aet=_get(e, "OXIDICOM_SCP_CHECK_CALLED_AET", parse_bool, d.scp_check_called_aet),
         scp_idle_timeout=_get(e, "OXIDICOM_SCP_IDLE_TIMEOUT", _non_negative_float, d.scp_idle_timeout),
+        scp_pdu_timeout=_get(e, "OXIDICOM_SCP_PDU_TIMEOUT", _non_negative_float, d.scp_pdu_timeout),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
         pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
         cfind_connect_timeout=_get(e, "OXIDICOM_CFIND_CONNECT_TIMEOUT", _positive_float, d.cfind_connect_timeout),
         cfind_timeout=_get(e, "OXIDICOM_CFIND_TIMEOUT", _positive_float, d.cfind_timeout),
@@ -239,6 +270,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         listener_processes=_get(e, "OXIDICOM_LISTENER_PROCESSES", _int(1, 256), d.listener_processes),
         listener_port=_get(e, "OXIDICOM_LISTENER_PORT", _int(1, 65535), d.listener_port),
         listener_address=_get(e, "OXIDICOM_LISTENER_ADDRESS", _non_empty, d.listener_address),
+        metrics_port=_get(e, "OXIDICOM_METRICS_PORT", _int(0, 65535), None),
+        metrics_address=_get(e, "OXIDICOM_METRICS_ADDRESS", _non_empty, d.metrics_address),
         verbose=verbose,
         log_level=_get(e, "OXIDICOM_LOG_LEVEL", _log_level, "DEBUG" if verbose else d.log_level),
     )
@@ -263,6 +296,10 @@ DOCUMENTED = (
     "OXIDICOM_SCP_ALLOWED_NETWORKS",
     "OXIDICOM_SCP_CHECK_CALLED_AET",
     "OXIDICOM_SCP_IDLE_TIMEOUT",
+    "OXIDICOM_SCP_PDU_TIMEOUT",
+    "OXIDICOM_TLS_CERT",
+    "OXIDICOM_TLS_KEY",
+    "OXIDICOM_TLS_CLIENT_CA",
     "OXIDICOM_PACS_ADDRESS",
     "OXIDICOM_CFIND_CONNECT_TIMEOUT",
     "OXIDICOM_CFIND_TIMEOUT",
@@ -271,6 +308,8 @@ DOCUMENTED = (
     "OXIDICOM_LISTENER_PROCESSES",
     "OXIDICOM_LISTENER_PORT",
     "OXIDICOM_LISTENER_ADDRESS",
+    "OXIDICOM_METRICS_PORT",
+    "OXIDICOM_METRICS_ADDRESS",
     "OXIDICOM_VERBOSE",
     "OXIDICOM_LOG_LEVEL",
 )
