@@ -23,9 +23,28 @@ fmt:
 samples:
     .venv/bin/python sample_data/get_samples.py
 
-# PostgreSQL + Orthanc + oxidicom_py in containers (needs a Docker engine)
-up:
-    docker compose up -d --build
+# The stack below needs a Docker engine with the compose plugin; what is where: deploy/README.md
 
-down:
+# PostgreSQL + Orthanc + oxidicom_py + OTel Collector, Jaeger, Prometheus, Grafana in containers
+stack-up:
+    docker compose up -d --build
+    @echo "Grafana: http://127.0.0.1:3000   Prometheus: http://127.0.0.1:9090   Jaeger: http://127.0.0.1:16686"
+
+# stop and remove the containers (the received files stay in the `files` volume)
+stack-down:
     docker compose down
+
+# follow the stack's logs (all services, or the ones named: `just stack-logs oxidicom otel-collector`)
+stack-logs *SERVICES:
+    docker compose logs -f --tail=100 {{SERVICES}}
+
+# where the provisioned dashboard is
+grafana:
+    @echo "http://127.0.0.1:3000/d/oxidicom (anonymous viewer; admin login: admin / \$GRAFANA_ADMIN_PASSWORD, default admin)"
+
+# check docker-compose.yml and deploy/ without a Docker engine (Compose schema, ports, files, dashboard)
+check-stack:
+    .venv/bin/pytest -q tests/test_compose.py
+
+alias up := stack-up
+alias down := stack-down
