@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.completion import progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
+from oxidicom_py.net import tls
 from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
@@ -134,6 +135,7 @@ async def start_worker(
     settings: Settings, db_uri: str, sock: socket.socket, *, db_pool: int, max_associations: int
 ) -> Worker:
     """Registrar, storage and listener of one process, accepting on ``sock``."""
+    ssl_context = tls.server_context(settings)  # first: a bad certificate leaves nothing half-started
     pool = make_pool(db_uri, db_pool)
     await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
     registrar = Registrar(
@@ -177,7 +179,7 @@ async def start_worker(
         listener = PynetdicomListener(config, ingest.association, max_associations=max_associations)
     else:
         listener = Listener(config, ingest.association, max_associations=max_associations)
-    address = await listener.start_on(sock)
+    address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
     return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper)
 
@@ -263,6 +265,7 @@ async def run_worker_until_signalled(
 
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
+    tls.server_context(settings)  # a bad certificate or key stops start-up here, before anything runs
     if settings.listener_processes > 1:
         from oxidicom_py.supervisor import Supervisor
 
@@ -279,6 +282,7 @@ async def serve(settings: Settings) -> int:
                     "address": f"{worker.address[0]}:{worker.address[1]}",
                     "files_root": str(worker.ingest.files.root),
                     "processes": 1,
+                    "tls": tls.describe(settings),
                 },
             )
 

@@ -72,10 +72,11 @@ class InProcessReceiver:
         fsync: bool = False,
         artim: float = 30.0,
         max_associations: int = 16,
+        ssl: Any = None,
         **access: Any,
     ) -> None:
         """``access``: AcceptorConfig's access fields (allowed_calling_aets, allowed_networks,
-        check_called_aet, idle_timeout)."""
+        check_called_aet, idle_timeout). ``ssl``: an ``ssl.SSLContext`` for a TLS listener."""
         self.rows: list[PacsFileRow] = []
         self.outcomes: list[str] = []
         self.files = FilesRoot(files_root, fsync=fsync)
@@ -88,6 +89,7 @@ class InProcessReceiver:
             **access,
         )
         self.max_associations = max_associations
+        self.ssl = ssl
         self.loop = uvloop.new_event_loop()  # the loop production runs on
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -111,7 +113,7 @@ class InProcessReceiver:
 
             self.ingest._closed = closed  # type: ignore[method-assign]
             self.listener = Listener(self.config, self.ingest.association, max_associations=self.max_associations)
-            _host, port = await self.listener.start(LOOPBACK, 0)
+            _host, port = await self.listener.start(LOOPBACK, 0, ssl=self.ssl)
             return port
 
         self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)

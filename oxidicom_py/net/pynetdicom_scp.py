@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from ssl import SSLContext, SSLSocket
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -35,6 +36,7 @@ class _AdoptedSocketServer(ThreadedAssociationServer):
     """pynetdicom's server, accepting on a socket we already bound (possibly shared by workers)."""
 
     adopted: socket.socket
+    handshake_timeout: float = 30.0
 
     def server_bind(self) -> None:
         self.socket.close()
@@ -50,6 +52,27 @@ class _AdoptedSocketServer(ThreadedAssociationServer):
     def server_close(self) -> None:
         # close our descriptor only: shutdown() would stop the socket for every worker sharing it
         self.socket.close()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        # pynetdicom wraps and handshakes right here, on the one accepting thread: a client that
+        # connects and says nothing would stop all accepts. Wrap only; the association's own
+        # thread does the handshake (process_request_thread).
+        client, address = self.socket.accept()
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, SSLSocket):
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+                request.settimeout(None)
+            except (OSError, ValueError) as e:  # SSLError and timeouts are OSErrors
+                log.warning("TLS handshake failed: %s", e, extra={"peer": f"{client_address[0]}:{client_address[1]}"})
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
 
 
 class PynetdicomListener:
@@ -89,7 +112,7 @@ class PynetdicomListener:
             log.warning("OXIDICOM_SCP_ALLOWED_NETWORKS is not enforced by the pynetdicom acceptor")
         return ae
 
-    async def start_on(self, sock: socket.socket) -> tuple[str, int]:
+    async def start_on(self, sock: socket.socket, ssl: SSLContext | None = None) -> tuple[str, int]:
         self.loop = asyncio.get_running_loop()
         if self.config.strict:
             log.warning("OXIDICOM_SCP_STRICT is not enforced by the pynetdicom acceptor")
@@ -103,13 +126,19 @@ class PynetdicomListener:
             (evt.EVT_CONN_CLOSE, self._ended, ["connection closed"]),
         ]
         _AdoptedSocketServer.adopted = sock
+        _AdoptedSocketServer.handshake_timeout = self.config.artim_timeout
         address = sock.getsockname()
-        server = _AdoptedSocketServer(ae, address, ae.ae_title, ae.supported_contexts, evt_handlers=handlers)
+        server = _AdoptedSocketServer(
+            ae, address, ae.ae_title, ae.supported_contexts, ssl_context=ssl, evt_handlers=handlers
+        )
         ae._servers.append(server)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="pynetdicom-acceptor", daemon=True)
         self._thread.start()
-        log.info("listening on tcp://%s:%d (pynetdicom)", address[0], address[1], extra={"ae_title": ae.ae_title})
+        scheme = "tls" if ssl is not None else "tcp"
+        log.info(
+            "listening on %s://%s:%d (pynetdicom)", scheme, address[0], address[1], extra={"ae_title": ae.ae_title}
+        )
         return address[0], address[1]
 
     async def stop_accepting(self) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl as _ssl
 from collections.abc import Callable
 
-from oxidicom_py.net import pdu
+from oxidicom_py.net import pdu, tls
 from oxidicom_py.net.association import AcceptorConfig, AssociationHandler, AssociationInfo, AssociationProtocol
 
 log = logging.getLogger("oxidicom_py.net")
@@ -29,6 +30,7 @@ class Listener:
         self.max_associations = max_associations
         self.established = 0
         self.server: asyncio.AbstractServer | None = None
+        self.tls = False
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         if self.established >= self.max_associations:
@@ -42,26 +44,56 @@ class Listener:
     def _protocol(self) -> AssociationProtocol:
         return AssociationProtocol(self.config, self._established, self._admission)
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Bind and listen on ``host:port`` (port 0: any free port)."""
+    def _tls_protocol(self) -> AssociationProtocol:
+        return _TlsAssociationProtocol(self.config, self._established, self._admission)
+
+    async def start(self, host: str, port: int, ssl: _ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Bind and listen on ``host:port`` (port 0: any free port); TLS when ``ssl`` is given."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(512)
         sock.setblocking(False)
-        return await self.start_on(sock)
+        return await self.start_on(sock, ssl=ssl)
 
-    async def start_on(self, sock: socket.socket) -> tuple[str, int]:
-        """Accept on an already listening socket (possibly shared with other worker processes)."""
+    async def start_on(self, sock: socket.socket, ssl: _ssl.SSLContext | None = None) -> tuple[str, int]:
+        """Accept on an already listening socket (possibly shared with other worker processes).
+
+        With ``ssl``, every connection does a TLS handshake first, bounded by the ARTIM timeout;
+        a failed handshake (a plain client, a missing or untrusted client certificate) just
+        closes that connection: the association protocol never sees it.
+        """
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._protocol, sock=sock, backlog=512)
+        if ssl is None:
+            self.server = await loop.create_server(self._protocol, sock=sock, backlog=512)
+        else:
+            self.server = await loop.create_server(
+                self._tls_protocol,
+                sock=sock,
+                backlog=512,
+                ssl=ssl,
+                ssl_handshake_timeout=self.config.artim_timeout,
+            )
+        self.tls = ssl is not None
         bound = sock.getsockname()
-        log.info("listening on tcp://%s:%d", bound[0], bound[1], extra={"ae_title": self.config.ae_title})
+        scheme = "tls" if self.tls else "tcp"
+        log.info("listening on %s://%s:%d", scheme, bound[0], bound[1], extra={"ae_title": self.config.ae_title})
         return bound[0], bound[1]
 
     async def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class _TlsAssociationProtocol(AssociationProtocol):
+    """Logs who connected over TLS (version, cipher, client certificate) once the handshake is done."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        details = tls.peer_details(transport)
+        if details is not None:
+            peer = transport.get_extra_info("peername") or ("?", 0)
+            self._log.info("TLS connection", extra={"peer": f"{peer[0]}:{peer[1]}", **details})
+        super().connection_made(transport)
 
 
 class _Counted:
