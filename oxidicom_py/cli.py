@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from oxidicom_py import settings as settings_mod
-from oxidicom_py.telemetry import logs
+from oxidicom_py.telemetry import logs, multiproc, tracing
 
 T = TypeVar("T")
 
@@ -43,15 +43,27 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     log = logging.getLogger("oxidicom_py.cli")
     for name in settings_mod.unknown_variables():
         log.warning("unknown variable %s is ignored (typo?)", name)
+    # Before anything imports prometheus_client: with an endpoint, every process (workers
+    # inherit the variable) keeps its values where the endpoint can sum them.
+    os.environ.pop(multiproc.ENV, None)
+    metrics_folder = multiproc.enable() if s.metrics_port is not None else None
+    tracing.configure({"oxidicom.role": "supervisor" if s.listener_processes > 1 else "receiver"})
     from oxidicom_py import service
 
     try:
         return int(_run(lambda: service.serve(s)))
     except KeyboardInterrupt:
         return 130
+    except settings_mod.SettingsError as e:  # found while starting (e.g. a TLS key that does not fit)
+        print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
+        return 2
     except Exception as e:
         log.critical("start-up failed: %s", e, exc_info=True)
         return 1
+    finally:
+        tracing.shutdown()
+        if metrics_folder is not None:
+            multiproc.remove(metrics_folder)
 
 
 def _die_with_parent() -> None:
@@ -71,6 +83,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
     logs.configure(s.log_level, static={"worker": args.index})
     log = logging.getLogger("oxidicom_py.worker")
+    tracing.configure({"oxidicom.role": "worker", "oxidicom.worker": args.index})
     from oxidicom_py import service
 
     sock = socket.socket(fileno=args.listen_fd)

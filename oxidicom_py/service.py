@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -33,10 +34,15 @@ from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.ingest import Ingest
 from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.telemetry import metrics, tracing
+
+if TYPE_CHECKING:
+    from oxidicom_py.telemetry.endpoint import Endpoint
 
 log = logging.getLogger("oxidicom_py.service")
 
 DRAIN_TIMEOUT = 30.0
+SPAN_FLUSH_TIMEOUT = 5.0
 DB_CONNECT_TIMEOUT = 30.0
 
 
@@ -129,6 +135,7 @@ class Worker:
     tracker: Tracker
     cfind_executor: ThreadPoolExecutor
     sweeper: asyncio.Task[None]
+    sampler: asyncio.Task[None]
 
 
 async def start_worker(
@@ -173,6 +180,7 @@ async def start_worker(
         allowed_networks=settings.scp_allowed_networks,
         check_called_aet=settings.scp_check_called_aet,
         idle_timeout=settings.scp_idle_timeout or None,
+        pdu_timeout=settings.scp_pdu_timeout or None,
     )
     listener: Listener | PynetdicomListener
     if settings.scp_implementation == "pynetdicom":
@@ -181,7 +189,8 @@ async def start_worker(
         listener = Listener(config, ingest.association, max_associations=max_associations)
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
-    return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper)
+    sampler = asyncio.create_task(_sample_gauges(registrar))
+    return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler)
 
 
 async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
@@ -207,10 +216,47 @@ async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
     except TimeoutError:
         clean = False
         log.error("registrations still pending at shutdown", extra={"pending": worker.registrar.pending})
+    worker.sampler.cancel()
+    metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
+    try:
+        await asyncio.wait_for(worker.ingest.spans_ended(), SPAN_FLUSH_TIMEOUT)
+    except TimeoutError:
+        log.warning("association spans still open at shutdown", extra={"open": len(worker.ingest.span_tasks)})
     await worker.pool.close()
     worker.executor.shutdown(wait=True)
     worker.cfind_executor.shutdown(wait=False, cancel_futures=True)
+    await asyncio.to_thread(tracing.shutdown)
     return clean
+
+
+async def _sample_gauges(registrar: Registrar, interval: float = 1.0) -> None:
+    """Gauges that would cost a write per instance if kept exact are sampled instead."""
+    while True:
+        metrics.REGISTRATION_QUEUE_DEPTH.set(registrar.pending)
+        await asyncio.sleep(interval)
+
+
+@dataclass
+class TelemetryEndpoint:
+    endpoint: Endpoint
+    heartbeat: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.heartbeat.cancel()
+        await asyncio.to_thread(self.endpoint.stop)
+
+
+def start_endpoint(settings: Settings, db_uri: str, workers: Callable[[], tuple[int, int]]) -> TelemetryEndpoint | None:
+    """``/metrics``, ``/livez`` and ``/readyz`` on ``OXIDICOM_METRICS_PORT`` (None when unset)."""
+    if settings.metrics_port is None:
+        return None
+    from oxidicom_py.telemetry.endpoint import Endpoint
+    from oxidicom_py.telemetry.health import Health
+
+    health = Health(db_uri, settings.files_root.resolve(), workers)
+    endpoint = Endpoint(health, settings.metrics_address, settings.metrics_port)
+    endpoint.start()
+    return TelemetryEndpoint(endpoint, asyncio.create_task(health.heartbeat()))
 
 
 async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:
@@ -222,6 +268,7 @@ async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -
             async with pool.connection() as conn:
                 ended = await progress.quiescence_sweep(conn, quiet_seconds)
             for pacs, series, state in ended:
+                metrics.SERIES_ENDED.labels(state).inc()
                 log.info(
                     "series ended by quiescence",
                     extra={"pacs": pacs, "SeriesInstanceUID": series, "state": state, "quiet_seconds": quiet_seconds},
@@ -271,10 +318,15 @@ async def serve(settings: Settings) -> int:
 
         return await Supervisor(settings).run()
     prepared = await prepare(settings)
+    telemetry: TelemetryEndpoint | None = None
     try:
         sock = bind_listener(settings)
+        serving = [0]
+        telemetry = start_endpoint(settings, prepared.db_uri, lambda: (serving[0], 1))
 
         def ready(worker: Worker) -> None:
+            serving[0] = 1
+            metrics.WORKERS_ALIVE.set(1)
             log.info(
                 "ready",
                 extra={
@@ -295,7 +347,10 @@ async def serve(settings: Settings) -> int:
             on_ready=ready,
             reconcile=True,
         )
+        serving[0] = 0
     finally:
+        if telemetry is not None:
+            await telemetry.stop()
         await asyncio.to_thread(prepared.stop)
     log.info("stopped", extra={"clean": clean})
     return 0 if clean else 1

@@ -22,9 +22,18 @@ import time
 from oxidicom_py.completion.progress import count_inserted
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
-from oxidicom_py.service import DB_CONNECT_TIMEOUT, DRAIN_TIMEOUT, bind_listener, make_pool, on_stop_signal, prepare
+from oxidicom_py.service import (
+    DB_CONNECT_TIMEOUT,
+    DRAIN_TIMEOUT,
+    bind_listener,
+    make_pool,
+    on_stop_signal,
+    prepare,
+    start_endpoint,
+)
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.telemetry import metrics, multiproc
 
 log = logging.getLogger("oxidicom_py.supervisor")
 
@@ -52,9 +61,12 @@ class Supervisor:
             registrar = Registrar(pool, logger=logging.getLogger("oxidicom_py.registry"), on_inserted=count_inserted)
             await registrar.start()
             self.reconciler = Reconciler(self.settings.files_root.resolve(), pool, registrar)
+            telemetry = start_endpoint(self.settings, prepared.db_uri, lambda: (self.running(), self.n))
             try:
                 return await self._supervise(prepared.db_uri)
             finally:
+                if telemetry is not None:
+                    await telemetry.stop()
                 await self.reconciler.close()
                 await registrar.close()
                 await pool.close()
@@ -111,12 +123,19 @@ class Supervisor:
         log.info("stopped", extra={"clean": clean, "worker_exit_codes": exit_codes, "restarts": self.restarts})
         return 0 if clean else 1
 
+    def running(self) -> int:
+        """Workers that are up and accepting (read from the health endpoint's thread too)."""
+        return sum(
+            1 for slot, proc in list(self.procs.items()) if proc.returncode is None and slot in self._ready_slots
+        )
+
     def _on_ready_bytes(self, fd: int) -> None:
         with contextlib.suppress(BlockingIOError):
             for slot in os.read(fd, 256):
                 self._ready_slots.add(slot)
         if len(self._ready_slots) >= self.n:
             self._all_ready.set()
+        metrics.WORKERS_ALIVE.set(self.running())
 
     async def _spawn(self, slot: int, listen_fd: int, ready_fd: int, env: dict[str, str]) -> None:
         args = [
@@ -146,9 +165,13 @@ class Supervisor:
             await self._spawn(slot, listen_fd, ready_fd, env)
             proc = self.procs[slot]
             code = await proc.wait()
+            self._ready_slots.discard(slot)
+            metrics.WORKERS_ALIVE.set(self.running())
+            multiproc.process_died(proc.pid)
             if self.stopping:
                 return
             self.restarts += 1
+            metrics.WORKER_RESTARTS.inc()
             removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=proc.pid)
             log.error(
                 "worker died; starting a new one",

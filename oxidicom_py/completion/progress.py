@@ -80,6 +80,7 @@ UPDATE {PROGRESS_TABLE} AS p SET
         ELSE coalesce(p.completed, now()) END,
     updated = now()
 WHERE p.pacs_identifier = %(pacs)s AND p."SeriesInstanceUID" = %(series)s
+RETURNING p.state, cardinality(p.open_associations)
 """
 
 _QUIESCENCE_SWEEP: Final = f"""
@@ -132,9 +133,22 @@ async def set_expected(
 
 
 async def association_ended(
-    conn: psycopg.AsyncConnection, *, pacs: str, series: str, ulid: str, released: bool
+    conn: psycopg.AsyncConnection,
+    *,
+    pacs: str,
+    series: str,
+    ulid: str,
+    released: bool,
+    ended_state: list[str] | None = None,
 ) -> None:
-    await conn.execute(_ASSOCIATION_ENDED, {"pacs": pacs, "series": series, "ulid": ulid, "released": released})
+    """``ended_state`` receives the series' state when this was its last open association
+    (the transaction may run again on a retry: read it after the commit)."""
+    cursor = await conn.execute(
+        _ASSOCIATION_ENDED, {"pacs": pacs, "series": series, "ulid": ulid, "released": released}
+    )
+    row = await cursor.fetchone()
+    if ended_state is not None:
+        ended_state[:] = [row[0]] if row is not None and row[1] == 0 else []
 
 
 async def quiescence_sweep(conn: psycopg.AsyncConnection, quiet_seconds: float) -> list[tuple[str, str, str]]:

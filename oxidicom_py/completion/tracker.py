@@ -24,6 +24,7 @@ import posixpath
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from oxidicom_py.completion import progress
 from oxidicom_py.completion.cfind import SeriesCount, query_series_count
@@ -32,7 +33,11 @@ from oxidicom_py.net.association import AssociationInfo
 from oxidicom_py.registry.registrar import Extra, Registrar
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.telemetry import metrics, tracing
 from oxidicom_py.telemetry.logs import ContextLogger
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger("oxidicom_py.completion")
 
@@ -84,8 +89,9 @@ class Tracker:
         self.files_executor = files_executor
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def association(self, info: AssociationInfo) -> AssociationSeries:
-        return AssociationSeries(self, info)
+    def association(self, info: AssociationInfo, span: Span | None = None) -> AssociationSeries:
+        """``span``: the association's trace span (C-FIND spans become its children)."""
+        return AssociationSeries(self, info, span)
 
     def spawn(self, coro: object) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -113,9 +119,10 @@ class Tracker:
 class AssociationSeries:
     """The series seen in one association."""
 
-    def __init__(self, tracker: Tracker, info: AssociationInfo) -> None:
+    def __init__(self, tracker: Tracker, info: AssociationInfo, span: Span | None = None) -> None:
         self.tracker = tracker
         self.info = info
+        self.span = span
         self.series: dict[str, _Series] = {}
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
         self.address = tracker.cfind.pacs_address.get(info.calling_ae)
@@ -195,8 +202,30 @@ class AssociationSeries:
         return await asyncio.get_running_loop().run_in_executor(self.tracker.cfind_executor, query)
 
     async def _number_of_series_related_instances(self, s: _Series) -> None:
+        span = None
+        if self.address is not None:
+            span = tracing.start_span(
+                tracing.CFIND,
+                {
+                    "oxidicom.pacs.address": f"{self.address[0]}:{self.address[1]}",
+                    "dicom.called_ae_title": self.info.calling_ae,
+                    "dicom.StudyInstanceUID": s.study_uid,
+                    "dicom.SeriesInstanceUID": s.series_uid,
+                },
+                parent=self.span,
+                kind="CLIENT",
+            )
         result = await self._count(s)
         value = "unknown" if result.count is None else str(result.count)
+        if self.address is not None:
+            metrics.CFIND.labels("unknown" if result.count is None else "ok").inc()
+            metrics.CFIND_SECONDS.observe(result.elapsed)
+        if span is not None:
+            span.set_attribute("oxidicom.cfind.result", value)
+            if result.error:
+                span.set_attribute("oxidicom.cfind.error", result.error)
+                tracing.set_error(span, result.error)
+            span.end()
         self.log.info(
             "NumberOfSeriesRelatedInstances=%s",
             value,
@@ -224,11 +253,19 @@ class AssociationSeries:
         await asyncio.gather(*s.rows, return_exceptions=True)
         row = self._marker_row(s, ATTEMPTED_PUSH_COUNT, str(s.attempted))
         await self.tracker.write_marker(row.fname)
+        ended_state: list[str] = []
         extra = functools.partial(
-            progress.association_ended, pacs=s.pacs, series=s.series_uid, ulid=self.info.ulid, released=released
+            progress.association_ended,
+            pacs=s.pacs,
+            series=s.series_uid,
+            ulid=self.info.ulid,
+            released=released,
+            ended_state=ended_state,
         )
         with contextlib.suppress(Exception):  # the registrar logs rejections itself
             await self.tracker.registrar.submit(row, extra, urgent=True)
+            if ended_state:
+                metrics.SERIES_ENDED.labels(ended_state[0]).inc()
         self.log.info(
             "OxidicomAttemptedPushCount=%d registered",
             s.attempted,

@@ -22,6 +22,7 @@ from ulid import ULID
 from oxidicom_py.net import dimse, pdu
 from oxidicom_py.net.negotiation import AcceptancePolicy, AcceptedContext, negotiate
 from oxidicom_py.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from oxidicom_py.telemetry import metrics
 from oxidicom_py.telemetry.logs import ContextLogger
 
 log = logging.getLogger("oxidicom_py.net")
@@ -84,7 +85,19 @@ class AcceptorConfig:
     """Refuse an A-ASSOCIATE-RQ whose called AE title is not ``ae_title``."""
     idle_timeout: float | None = None
     """Close an association that sends nothing for this many seconds (None: never)."""
+    pdu_timeout: float | None = None
+    """Abort when a PDU, once begun, is not complete after this many seconds (a trickling
+    sender keeps the idle timer quiet but not this one). None: never."""
 
+
+_REJECTION_REASONS = {
+    (pdu.RJ_SOURCE_ACSE, pdu.RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED): "protocol_version",
+    (pdu.RJ_SOURCE_USER, pdu.RJ_USER_APP_CONTEXT_NOT_SUPPORTED): "application_context",
+    (pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED): "calling_ae_not_allowed",
+    (pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLED_AE_NOT_RECOGNIZED): "called_ae_not_recognized",
+    (pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED): "local_limit",
+}
+"""Label values of ``oxidicom_associations_rejected_total`` for each A-ASSOCIATE-RJ we send."""
 
 Admission = Callable[[pdu.AssociateRequest, tuple[str, int]], tuple[int, int, int] | None]
 """Returns an A-ASSOCIATE-RJ (result, source, reason) to refuse, or None to go on."""
@@ -134,6 +147,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._outcome = "closed"
         self._last_activity = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._pdu_seq = 0  # PDUs begun so far
+        self._pdu_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,6 +165,7 @@ class AssociationProtocol(asyncio.Protocol):
         if self.config.allowed_networks is not None and not _address_in(self._peer[0], self.config.allowed_networks):
             self._log.warning("connection from a network that is not allowed: closed", extra=self._peer_extra())
             self._outcome = "refused: network not allowed"
+            metrics.ASSOCIATIONS_REJECTED.labels("network_not_allowed").inc()
             self._close()
             return
         self._start_artim()
@@ -160,19 +176,26 @@ class AssociationProtocol(asyncio.Protocol):
             self._pending.append(data)
             return
         self._feed(memoryview(data))
-        if (self._pdata_left or self._acc or self._pdu_need) and self._sock is not None and _TCP_QUICKACK:
+        if self._pdata_left or self._acc or self._pdu_need:
             # We stopped inside a PDU: a sender with Nagle on (DCMTK's default) may be holding
             # the rest until its first segment is ACKed; ACK now instead of after the ~40 ms
             # delayed-ACK timer. At a PDU boundary our response carries the ACK anyway.
-            try:
-                self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-            except OSError:
-                self._sock = None
+            if self._sock is not None and _TCP_QUICKACK:
+                try:
+                    self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                except OSError:
+                    self._sock = None
+            if self._pdu_timer is None and self.config.pdu_timeout and self._phase == _Phase.ESTABLISHED:
+                self._pdu_timer = asyncio.get_running_loop().call_later(
+                    self.config.pdu_timeout, self._pdu_check, self._pdu_seq
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_artim()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._pdu_timer is not None:
+            self._pdu_timer.cancel()
         if self._instance is not None:
             self._instance.abort("connection lost")
             self._instance = None
@@ -203,6 +226,19 @@ class AssociationProtocol(asyncio.Protocol):
             return
         self._abort(pdu.ABORT_REASON_NOT_SPECIFIED, f"idle for {self.config.idle_timeout:g} s")
 
+    def _pdu_check(self, seq: int) -> None:
+        """Armed when a read ends inside a PDU; fires once per pdu_timeout, not per read."""
+        self._pdu_timer = None
+        if self._phase != _Phase.ESTABLISHED or not (self._pdata_left or self._acc or self._pdu_need):
+            return
+        if seq == self._pdu_seq and not self._blocked:
+            self._abort(
+                pdu.ABORT_REASON_NOT_SPECIFIED, f"a PDU was not complete {self.config.pdu_timeout:g} s after it began"
+            )
+            return
+        assert self.config.pdu_timeout
+        self._pdu_timer = asyncio.get_running_loop().call_later(self.config.pdu_timeout, self._pdu_check, self._pdu_seq)
+
     def _start_artim(self) -> None:
         self._cancel_artim()
         loop = asyncio.get_running_loop()
@@ -217,6 +253,7 @@ class AssociationProtocol(asyncio.Protocol):
         self._artim = None
         if self._phase == _Phase.AWAIT_RQ:
             self._log.warning("ARTIM timer expired before an A-ASSOCIATE-RQ arrived", extra=self._peer_extra())
+            metrics.ASSOCIATIONS_REJECTED.labels("no_request_in_time").inc()
         self._close()
 
     # -- output ------------------------------------------------------------------------
@@ -280,6 +317,7 @@ class AssociationProtocol(asyncio.Protocol):
             self._pdu_header(pdu_type, length)
 
     def _pdu_header(self, pdu_type: int, length: int) -> None:
+        self._pdu_seq += 1
         if pdu_type == pdu.P_DATA_TF:
             if self._phase != _Phase.ESTABLISHED:
                 self._abort(pdu.ABORT_REASON_UNEXPECTED_PDU, "P-DATA-TF outside an established association")
@@ -476,6 +514,7 @@ class AssociationProtocol(asyncio.Protocol):
         try:
             req = pdu.parse_associate_rq(body)
         except pdu.PduError as e:
+            metrics.ASSOCIATIONS_REJECTED.labels("malformed_request").inc()
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER, f"malformed A-ASSOCIATE-RQ: {e}")
             return
         extra = {"calling_ae": req.calling_ae, "called_ae": req.called_ae, **self._peer_extra()}
@@ -492,6 +531,7 @@ class AssociationProtocol(asyncio.Protocol):
             refusal = self._admission(req, self._peer)
         if refusal is not None:
             self._log.warning("association rejected %s", refusal, extra=extra)
+            metrics.ASSOCIATIONS_REJECTED.labels(_REJECTION_REASONS.get(refusal[1:], "other")).inc()
             self._send(pdu.encode_associate_rj(*refusal))
             self._phase = _Phase.RELEASED
             self._close()

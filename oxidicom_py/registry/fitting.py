@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Final, NamedTuple
 
-from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.registry.rows import PacsFileRow, log_fields
 from oxidicom_py.registry.schema import COLUMN_LIMITS, INT4_MAX, INT4_MIN, PACS_IDENTIFIER_MAX
 
 _DATE_RE: Final = re.compile(r"(\d{4})(\d{2})(\d{2})|(\d{4})-(\d{2})-(\d{2})", re.ASCII)
@@ -65,6 +65,11 @@ def clean_text(value: str | None) -> tuple[str, bool]:
     return text, False
 
 
+def fit_text(value: str | None, limit: int) -> str:
+    """``value`` as a ``varchar(limit)`` column stores it: :func:`clean_text`, then cut to ``limit``."""
+    return clean_text(value)[0][:limit]
+
+
 def parse_birth_date(raw: str | None) -> tuple[dt.date | None, bool]:
     """Parse ``YYYYMMDD`` / ``YYYY-MM-DD``; return ``(date or None, value_was_invalid)``."""
     if raw is None:
@@ -86,7 +91,7 @@ def fit_row(row: PacsFileRow, logger: logging.Logger) -> DbRow:
     """Make every value of ``row`` acceptable to its column, logging each change."""
 
     def warn(message: str, **fields: object) -> None:
-        logger.warning(message, extra={"association": row.association, "fname": row.fname, **fields})
+        logger.warning(message, extra={**log_fields(row), **fields})
 
     def text(column: str, value: str | None, limit: int) -> str:
         cleaned, had_surrogates = clean_text(value)

@@ -149,7 +149,9 @@ async def reconcile(root: Path, pool: AsyncConnectionPool, registrar: Registrar)
         for relative, row in zip(missing, rows, strict=True):
             if row is None:
                 result.unreadable += 1
-                log.warning("stored file cannot be read back for registration", extra={"path": relative})
+                log.warning(
+                    "stored file cannot be read back for registration", extra={"file": os.path.basename(relative)}
+                )
                 continue
             futures.append(registrar.submit(row))
         registrar.flush()

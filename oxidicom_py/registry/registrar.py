@@ -22,20 +22,24 @@ Scheduling (all on the event loop thread):
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import datetime as dt
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.completion.progress import MARKER_PACS
 from oxidicom_py.registry import batch_sql
 from oxidicom_py.registry.fitting import DbRow, fit_row
-from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.registry.rows import PacsFileRow, log_fields
+from oxidicom_py.telemetry import metrics, tracing
 
 __all__ = ["Registrar", "RegistrarClosedError", "RegistrarError", "RowRejectedError"]
 
@@ -72,6 +76,7 @@ class _Item:
     enqueued: float
     resolved: bool = False
     extra: Extra | None = None
+    outcome: int = 0  # _INSERTED, _ALREADY or _REJECTED once settled
 
 
 @dataclass(slots=True)
@@ -290,10 +295,12 @@ class Registrar:
         return not item.future.done()  # the caller may have cancelled it
 
     def _resolve(self, item: _Item, inserted: bool) -> None:
+        item.outcome = _INSERTED if inserted else _ALREADY
         if self._settle(item):
             item.future.set_result(inserted)
 
     def _fail(self, item: _Item, error: BaseException) -> None:
+        item.outcome = _REJECTED
         if self._settle(item):
             item.future.set_exception(error)
             item.future.exception()  # mark retrieved: callers may legitimately ignore futures
@@ -301,16 +308,21 @@ class Registrar:
     # -- one batch -----------------------------------------------------------------------------
 
     async def _run_batch(self, items: list[_Item]) -> None:
+        started = time.monotonic()
+        span = tracing.start_span(tracing.REGISTRATION_BATCH, {"oxidicom.batch.rows": len(items)})
         try:
             entries = self._prepare(items)
             await self._commit(entries)
+            _observe_batch(items, time.monotonic() - started, span)
         except asyncio.CancelledError:
             for item in items:
                 self._fail(item, RegistrarClosedError("registrar closed before the batch committed"))
+            _observe_batch(items, time.monotonic() - started, span)
             raise
         except Exception as exc:  # a bug: do not leave callers waiting forever
             for item in items:
                 self._fail(item, exc)
+            _observe_batch(items, time.monotonic() - started, span)
             raise
 
     def _prepare(self, items: list[_Item]) -> list[_Entry]:
@@ -410,7 +422,7 @@ class Registrar:
     def _reject(self, item: _Item, error: BaseException) -> None:
         self._log.error(
             "row could not be registered",
-            extra={"association": item.row.association, "fname": item.row.fname, "error": _describe(error)},
+            extra={**log_fields(item.row), "error": _describe(error)},
         )
         rejected = RowRejectedError(f"{item.row.fname}: {_describe(error)}")
         rejected.__cause__ = error
@@ -427,7 +439,7 @@ class Registrar:
                 "attempt": attempt,
                 "retry_in": delay,
                 "error": _describe(error),
-                "fname": entries[0].values.fname,
+                "file": entries[0].values.fname.rsplit("/", 1)[-1],
             },
         )
         await asyncio.sleep(delay)
@@ -439,6 +451,39 @@ class Registrar:
             now = self._last_creation_date + dt.timedelta(microseconds=1)
         self._last_creation_date = now
         return now
+
+
+_INSERTED, _ALREADY, _REJECTED = 1, 2, 3
+_RESULTS = {_INSERTED: "inserted", _ALREADY: "already_registered", _REJECTED: "rejected"}
+
+
+def _observe_batch(items: Sequence[_Item], seconds: float, span: Any) -> None:
+    """Metrics (and the span, when tracing) of one committed batch: a few calls per batch."""
+    counts = collections.Counter(item.outcome for item in items)
+    metrics.REGISTRATION_BATCH_SECONDS.observe(seconds)
+    for outcome, n in counts.items():
+        if outcome in _RESULTS:
+            metrics.REGISTRATION_ROWS.labels(_RESULTS[outcome]).inc(n)
+    if counts[_ALREADY]:
+        duplicates = collections.Counter(
+            item.row.pacs_identifier
+            for item in items
+            if item.outcome == _ALREADY and item.row.pacs_identifier != MARKER_PACS
+        )
+        for pacs, n in duplicates.items():
+            metrics.INSTANCES_DUPLICATE.labels(metrics.ae_label(pacs)).inc(n)
+    if span is not None:
+        span.set_attributes(
+            {
+                "oxidicom.batch.inserted": counts[_INSERTED],
+                "oxidicom.batch.already_registered": counts[_ALREADY],
+                "oxidicom.batch.rejected": counts[_REJECTED],
+                "oxidicom.batch.associations": sorted({item.row.association for item in items if item.row.association}),
+            }
+        )
+        if counts[_REJECTED]:
+            tracing.set_error(span, f"{counts[_REJECTED]} rows rejected by the database")
+        span.end()
 
 
 def _is_data_error(error: BaseException) -> bool:

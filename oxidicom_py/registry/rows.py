@@ -34,3 +34,13 @@ class PacsFileRow:
     SeriesDescription: str = ""
     association: str = ""
     """Association ULID, for log lines only (not a column)."""
+
+
+def log_fields(row: PacsFileRow) -> dict[str, str]:
+    """What a log line may say about a row: UIDs and the file name, never the patient folder
+    (``fname`` starts with PatientID, PatientName and PatientBirthDate)."""
+    return {
+        "association": row.association,
+        "SeriesInstanceUID": row.SeriesInstanceUID,
+        "file": row.fname.rsplit("/", 1)[-1],
+    }

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from oxidicom_py.storage.naming import first_value, instance_path, tts
 from oxidicom_py.storage.part10 import file_header
 from oxidicom_py.storage.patient_age import parse_patient_age
 from oxidicom_py.storage.writer import FilesRoot, StagedFile
+from oxidicom_py.telemetry import metrics, tracing
 from oxidicom_py.telemetry.logs import ContextLogger
 
 if TYPE_CHECKING:
@@ -69,6 +71,8 @@ class Ingest:
         self.active: set[AssociationStore] = set()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.span_tasks: set[asyncio.Task[None]] = set()
+        """Association spans waiting for their rows' registration (only while tracing is on)."""
 
     def association(self, info: AssociationInfo) -> AssociationStore:
         store = AssociationStore(self, info)
@@ -81,6 +85,16 @@ class Ingest:
         if not self.active:
             self.idle.set()
 
+    def _spawn_span_end(self, store: AssociationStore) -> None:
+        task = asyncio.get_running_loop().create_task(store._end_span())
+        self.span_tasks.add(task)
+        task.add_done_callback(self.span_tasks.discard)
+
+    async def spans_ended(self) -> None:
+        """Wait until every association span has ended (at drain, after the registrar closed)."""
+        while self.span_tasks:
+            await asyncio.gather(*list(self.span_tasks), return_exceptions=True)
+
 
 class AssociationStore:
     """The storage side of one association."""
@@ -89,14 +103,35 @@ class AssociationStore:
         self.ingest = ingest
         self.info = info
         self.counts = AssociationCounts()
-        self.series = ingest.tracker.association(info) if ingest.tracker is not None else None
         self._inflight = 0  # instances being committed off the event loop
         self._ended = False
         self._outcome = ""
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
+        ae = metrics.ae_label(info.calling_ae)
+        self.m_received = metrics.INSTANCES_RECEIVED.labels(ae)
+        self.m_stored = metrics.INSTANCES_STORED.labels(ae)
+        self.m_rejected = metrics.INSTANCES_REJECTED.labels(ae)
+        self.m_bytes = metrics.RECEIVED_BYTES.labels(ae)
+        metrics.ASSOCIATIONS.labels(ae).inc()
+        metrics.ASSOCIATIONS_ACTIVE.inc()
+        self._started = time.monotonic()
+        self.span = tracing.start_span(
+            tracing.ASSOCIATION,
+            {
+                "oxidicom.association.ulid": info.ulid,
+                "dicom.calling_ae_title": info.calling_ae,
+                "dicom.called_ae_title": info.called_ae,
+                "client.address": info.peer[0],
+                "client.port": info.peer[1],
+            },
+            kind="SERVER",
+        )
+        self.registrations: list[asyncio.Future[bool]] | None = [] if self.span is not None else None
+        self.series = ingest.tracker.association(info, self.span) if ingest.tracker is not None else None
 
     def begin_instance(self, command: dimse.Command, context: AcceptedContext) -> IncomingInstance:
         self.counts.received += 1
+        self.m_received.inc()
         return IncomingInstance(self, command, context)
 
     def closed(self, outcome: str) -> None:
@@ -118,6 +153,10 @@ class AssociationStore:
         outcome = self._outcome
         if self.series is not None:
             self.series.ended(outcome)
+        metrics.ASSOCIATIONS_ACTIVE.dec()
+        metrics.ASSOCIATION_DURATION.observe(time.monotonic() - self._started)
+        if self.span is not None:
+            self.ingest._spawn_span_end(self)
         c = self.counts
         self.log.info(
             "association ended: %s",
@@ -132,6 +171,27 @@ class AssociationStore:
             },
         )
         self.ingest._closed(self)
+
+    async def _end_span(self) -> None:
+        """End the association's span once its rows are registered (to report duplicates)."""
+        assert self.span is not None and self.registrations is not None
+        results = await asyncio.gather(*self.registrations, return_exceptions=True)
+        c = self.counts
+        self.span.set_attributes(
+            {
+                "oxidicom.association.outcome": self._outcome,
+                "oxidicom.instances.received": c.received,
+                "oxidicom.instances.stored": c.stored,
+                "oxidicom.instances.rejected": c.rejected,
+                "oxidicom.instances.failed": c.failed,
+                "oxidicom.instances.duplicate": sum(1 for r in results if r is False),
+                "oxidicom.instances.registration_failed": sum(1 for r in results if isinstance(r, BaseException)),
+                "oxidicom.bytes_received": c.bytes,
+            }
+        )
+        if self._outcome != "released":
+            tracing.set_error(self.span, self._outcome)
+        self.span.end()
 
 
 class IncomingInstance:
@@ -196,6 +256,7 @@ class IncomingInstance:
     def _failed(self) -> StoreResult:
         """The instance could not be written: Out of Resources, with the reason."""
         self.store.counts.failed += 1
+        self.store.m_rejected.inc()
         self.store.log.error(
             "instance not stored: %s", self.error, extra={"sop_instance": self.command.affected_sop_instance}
         )
@@ -206,7 +267,9 @@ class IncomingInstance:
         if self.error is not None or self.staged is None:
             return self._failed()
         staged = self.staged
-        counts.bytes += staged.size
+        received = max(0, staged.size - staged.header_size)  # the dataset, as it came over the network
+        counts.bytes += received
+        self.store.m_bytes.inc(received)
         if self._raw is None and self._prefix is not None:
             try:
                 self._raw = header.walk(self._prefix, implicit=self._implicit, little=self._little, complete=True)
@@ -250,12 +313,16 @@ class IncomingInstance:
             self.store._commit_done()
 
     def _stored(self, row: PacsFileRow) -> StoreResult:
-        self.store.counts.stored += 1
+        store = self.store
+        store.counts.stored += 1
+        store.m_stored.inc()
         self.staged = None
-        series = self.store.series
-        future = self.store.ingest.submit(row, series.registering(row) if series is not None else None)
+        series = store.series
+        future = store.ingest.submit(row, series.registering(row) if series is not None else None)
         if series is not None:
             series.registered(row, future)
+        if store.registrations is not None:
+            store.registrations.append(future)
         self.store.log.debug("stored", extra={"path": row.fname})
         return StoreResult(dimse.SUCCESS)
 
@@ -269,6 +336,7 @@ class IncomingInstance:
     def _reject(self, problem: str) -> StoreResult:
         counts = self.store.counts
         counts.rejected += 1
+        self.store.m_rejected.inc()
         counts.reasons[problem] = counts.reasons.get(problem, 0) + 1
         self.store.log.error(
             "instance rejected: %s", problem, extra={"sop_instance": self.command.affected_sop_instance}

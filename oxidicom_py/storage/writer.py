@@ -103,7 +103,7 @@ class FilesRoot:
 class StagedFile:
     """A file being written under a temporary name."""
 
-    __slots__ = ("_fd", "_header", "owner", "path", "size")
+    __slots__ = ("_fd", "_header", "header_size", "owner", "path", "size")
 
     def __init__(self, owner: FilesRoot, path: str, header: bytes) -> None:
         self.owner = owner
@@ -111,6 +111,7 @@ class StagedFile:
         self._fd: int | None = os.open(path, _O_FLAGS, 0o644)
         self.size = 0
         self._header = header  # written together with the first data (one syscall fewer)
+        self.header_size = len(header)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert self._fd is not None

@@ -1,0 +1,110 @@
+"""Liveness and readiness, as the metrics endpoint reports them.
+
+Alive: the serving process's event loop turned within the last :data:`STALL_SECONDS`.
+Ready: alive, the database answers ``SELECT 1``, the files root takes a new file, and every
+listener process is running. Each check is bounded in time and the result is kept for
+:data:`CACHE_SECONDS`, so a probe storm cannot load the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+STALL_SECONDS = 10.0
+CACHE_SECONDS = 1.0
+DB_TIMEOUT_SECONDS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+class Health:
+    def __init__(
+        self,
+        db_uri: str,
+        files_root: Path,
+        workers: Callable[[], tuple[int, int]],
+    ) -> None:
+        """``workers``: returns (running, wanted) listener processes; read from the HTTP thread."""
+        self.db_uri = db_uri
+        self.staging = files_root / ".oxidicom-staging"
+        self.workers = workers
+        self._beat = time.monotonic()
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Check]] | None = None
+
+    async def heartbeat(self, interval: float = 1.0) -> None:
+        """Run on the event loop for as long as it serves."""
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(interval)
+
+    def alive(self) -> Check:
+        stalled = time.monotonic() - self._beat
+        if stalled > STALL_SECONDS:
+            return Check(False, f"event loop has not turned for {stalled:.0f} s")
+        return Check(True, "event loop turning")
+
+    def ready(self) -> dict[str, Check]:
+        with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
+                return self._cached[1]
+            checks = {
+                "alive": self.alive(),
+                "workers": self._workers(),
+                "storage": self._storage(),
+                "database": self._database(),
+            }
+            self._cached = (time.monotonic(), checks)
+            return checks
+
+    def _workers(self) -> Check:
+        running, wanted = self.workers()
+        return Check(running >= wanted, f"{running} of {wanted} listener processes running")
+
+    def _storage(self) -> Check:
+        probe = self.staging / f".ready-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            return Check(False, f"cannot write in {self.staging}: {e.strerror or e}")
+        return Check(True, "files root writable")
+
+    def _database(self) -> Check:
+        try:
+            with psycopg.connect(self.db_uri, connect_timeout=DB_TIMEOUT_SECONDS, autocommit=True) as conn:
+                conn.execute(f"SET statement_timeout = {DB_TIMEOUT_SECONDS * 1000}")
+                conn.execute("SELECT 1")
+        except Exception as e:
+            return Check(False, f"database unreachable: {_first_line(e)}")
+        return Check(True, "database answers")
+
+
+def report(checks: dict[str, Check]) -> dict[str, Any]:
+    return {
+        "ready": all(c.ok for c in checks.values()),
+        "checks": {name: {"ok": c.ok, "detail": c.detail} for name, c in checks.items()},
+    }
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
