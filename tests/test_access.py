@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import select
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from harness import (
     associate_rq,
     dataset_bytes,
     load_script,
+    p_data,
     peer_env,
     sop_of,
 )
@@ -76,6 +79,44 @@ def test_idle_association_is_closed_and_a_busy_one_is_not(tmp_path: Path) -> Non
         assert pdu_type == pdu.A_ABORT
         assert idle.closed_by_peer()
         assert len(rx.stored()) == 4
+
+
+def test_a_trickling_sender_is_aborted_and_a_steady_one_is_not(tmp_path: Path) -> None:
+    """A sender that dribbles a PDU (a byte every 50 ms keeps the idle timer quiet) is aborted
+    once that PDU is OXIDICOM_SCP_PDU_TIMEOUT old; a sender whose PDUs arrive whole is never
+    disturbed, however long its association lasts."""
+    files = load_script("synthetic").generate(tmp_path / "src", slices=4, rows=16, cols=16)
+    with InProcessReceiver(tmp_path / "rx", idle_timeout=60, pdu_timeout=0.4) as rx:
+        steady = RawScu(rx.port, [(1, MR, [EXPLICIT])])
+        started = time.monotonic()
+        for f in files:  # the association outlives the PDU timeout, each PDU arrives at once
+            assert steady.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
+            time.sleep(0.2)  # pacing the sender, not waiting for the receiver
+        assert time.monotonic() - started > 0.4
+        steady.release()
+
+        slow = RawScu(rx.port, [(1, MR, [EXPLICIT])])
+        body = dataset_bytes(files[0])
+        whole = p_data(1, body, command=False)
+        slow.send(whole[:20])  # the PDU header and a little of its PDV
+        aborted_at = None
+        for i in range(20, min(len(whole), 20 + 100)):  # at most 100 bytes, about 5 s
+            try:
+                slow.send(whole[i : i + 1])
+            except OSError:
+                break
+            if _readable(slow):  # the receiver answered: an A-ABORT (checked below)
+                aborted_at = time.monotonic()
+                break
+            time.sleep(0.05)
+        assert aborted_at is not None, "the trickling sender was never aborted"
+        pdu_type, _ = slow.recv_pdu()
+        assert pdu_type == pdu.A_ABORT
+        assert len(rx.stored()) == 4 and rx.staged() == []
+
+
+def _readable(client: RawClient) -> bool:
+    return bool(select.select([client.sock], [], [], 0)[0])
 
 
 def test_access_settings() -> None:
