@@ -41,6 +41,7 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQ_END = 0xFFFEE0DD
 _PN_DELIMITERS = {0x5C, 0x3D, 0x5E}
+_CS_PADDING = " \t\n\r\x0b\x0c\x00"
 _MAX_DEPTH = 64
 
 
@@ -196,20 +197,41 @@ def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> di
             found[name] = bytes(prefix[start:pos])
 
 
+def python_encodings(charset: bytes | None) -> list[str]:
+    """Python codecs of a SpecificCharacterSet value, as pydicom reads it, never raising.
+
+    Padding (space or NUL) around each term is ignored. Unknown terms fall back to the default
+    repertoire with a warning (pydicom does that); a term pydicom cannot even look up (a NUL
+    inside it makes ``codecs.lookup`` raise ``ValueError``) means the whole value is unusable:
+    the default repertoire again, instead of an exception on the receive path.
+    """
+    terms = [t.strip(_CS_PADDING) for t in (charset or b"").decode("ascii", "replace").split("\\")]
+    try:
+        return convert_encodings(terms)
+    except Exception:  # any failure here must not cost the instance: decode as without a charset
+        return convert_encodings([""])
+
+
 def decode_values(raw: dict[str, bytes]) -> dict[str, str | None]:
-    """Decode raw text values with the dataset's character set; absent or empty -> None."""
+    """Decode raw text values with the dataset's character set; absent or empty -> None.
+
+    ASCII values are taken as they are, unless they hold an escape (ISO 2022 code extensions,
+    such as ``ISO 2022 IR 87``, encode Japanese in 7-bit bytes behind ESC sequences).
+    """
     charset = raw.get("SpecificCharacterSet")
     encodings: list[str] | None = None
     out: dict[str, str | None] = dict.fromkeys(KEYWORDS)
     for name, value in raw.items():
         if not value:
             continue
-        if value.isascii():
+        if value.isascii() and b"\x1b" not in value:
             out[name] = value.decode("ascii")
             continue
         if encodings is None:
-            terms = [t.strip() for t in (charset or b"").decode("ascii", "replace").split("\\")]
-            encodings = convert_encodings(terms or [""])
+            encodings = python_encodings(charset)
         delimiters = _PN_DELIMITERS if name == "PatientName" else None
-        out[name] = decode_bytes(value, encodings, delimiters or set())
+        try:
+            out[name] = decode_bytes(value, encodings, delimiters or set())
+        except Exception:  # pydicom configured to raise on bad bytes: keep the value, replaced
+            out[name] = value.decode(encodings[0], "replace")
     return out

@@ -25,8 +25,10 @@ from oxidicom_py.net import dimse
 from oxidicom_py.net.association import AssociationInfo, StoreResult
 from oxidicom_py.net.contexts import dataset_encoding
 from oxidicom_py.net.negotiation import AcceptedContext
+from oxidicom_py.registry.fitting import fit_text
 from oxidicom_py.registry.registrar import Extra
 from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.registry.schema import COLUMN_LIMITS
 from oxidicom_py.storage import header
 from oxidicom_py.storage.dates import parse_study_date
 from oxidicom_py.storage.naming import first_value, instance_path, tts
@@ -345,7 +347,21 @@ class IncomingInstance:
         return StoreResult(dimse.CANNOT_UNDERSTAND, problem[:64])
 
 
-def check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:
+FNAME_MAX = COLUMN_LIMITS["fname"]
+_PATH_OVERHEAD = 160
+"""More than the storage path adds to the values it is built from: fixed text, separators,
+placeholders of absent values, zero padding, the hash and the longest AE title (16)."""
+
+
+def check_required(values: dict[str, str | None], aet: str | None = None) -> tuple[str | None, dt.date | None]:
+    """A reason to refuse the instance (or None) and its StudyDate.
+
+    Besides the required tags, the storage path must fit CUBE's ``fname`` column: a longer one
+    could only be registered truncated, pointing at no file (and two such instances would share
+    one row). Each path component is capped at 255 characters by naming, but five components
+    of hostile lengths still add up to over 1,000. The AE title is the longest possible (16)
+    unless ``aet`` is given.
+    """
     for keyword in REQUIRED:
         if not tts(values.get(keyword)):
             return f"missing required tag {keyword}", None
@@ -353,20 +369,46 @@ def check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date |
     study_date = parse_study_date(raw_date)
     if study_date is None:
         return f"invalid StudyDate {raw_date!r}", None
+    if sum(len(v) for v in values.values() if v) + _PATH_OVERHEAD > FNAME_MAX:  # else it cannot be too long
+        try:
+            length = len(instance_path("A" * 16 if aet is None else aet, values))
+        except ValueError:
+            length = 0  # no safe path at all: the caller refuses it with the reason
+        if length > FNAME_MAX:
+            return f"storage path of {length} characters, over the {FNAME_MAX} of fname", None
     return None, study_date
 
 
 def make_row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, ulid: str) -> PacsFileRow:
+    """The row of a stored instance. PatientID and the two UIDs are fitted to their columns here
+    already, not only by the registry: series bookkeeping keys its progress rows (columns of the
+    same sizes) by them, with SQL of its own. The other values are fitted by the registry."""
+
     def text(keyword: str) -> str:
         return tts(v.get(keyword)) or ""
+
+    def key(keyword: str) -> str:
+        raw = text(keyword)
+        fitted = fit_text(raw, COLUMN_LIMITS[keyword])
+        if fitted != raw:
+            log.warning(
+                "value truncated to column length",
+                extra={
+                    "association": ulid,
+                    "file": path.rsplit("/", 1)[-1],  # not the folders: they hold patient values
+                    "column": keyword,
+                    "original_length": len(raw),
+                },
+            )
+        return fitted
 
     return PacsFileRow(
         fname=path,
         pacs_identifier=aet,
-        PatientID=text("PatientID"),
+        PatientID=key("PatientID"),
         StudyDate=study_date,
-        StudyInstanceUID=text("StudyInstanceUID"),
-        SeriesInstanceUID=text("SeriesInstanceUID"),
+        StudyInstanceUID=key("StudyInstanceUID"),
+        SeriesInstanceUID=key("SeriesInstanceUID"),
         PatientName=text("PatientName"),
         PatientBirthDate=tts(v.get("PatientBirthDate")),
         PatientAge=parse_patient_age(v.get("PatientAge")),
@@ -391,11 +433,16 @@ def values_with_pydicom(path: str | None) -> dict[str, str | None]:
         log.warning("pydicom could not read a staged header either: %s", e)
         return out
     for keyword in header.KEYWORDS:
-        elem = ds.get(keyword)
-        if elem is None or elem.value in (None, ""):
+        if keyword not in ds:
             continue
-        value = elem.value
-        if isinstance(value, pydicom.multival.MultiValue):
-            value = "\\".join(str(x) for x in value)
-        out[keyword] = str(value)
+        try:  # a value pydicom cannot convert (a VR it does not know, ...) raises here
+            value = ds[keyword].value
+            if isinstance(value, pydicom.multival.MultiValue):
+                value = "\\".join(str(x) for x in value)
+            text = None if value is None else str(value)
+        except Exception as e:
+            log.warning("pydicom could not read %s from a staged header (%s)", keyword, type(e).__name__)
+            continue
+        if text:
+            out[keyword] = text
     return out
