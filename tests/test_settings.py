@@ -127,3 +127,9 @@ def test_serve_stops_with_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == ["oxidicom-py: configuration error: OXIDICOM_DB_POOL: expected an integer, got 'many'"]
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [name for name in settings.DOCUMENTED if f"| `{name}` |" not in readme]
+    assert missing == []
