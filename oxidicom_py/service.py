@@ -186,7 +186,12 @@ async def start_worker(
     if settings.scp_implementation == "pynetdicom":
         listener = PynetdicomListener(config, ingest.association, max_associations=max_associations)
     else:
-        listener = Listener(config, ingest.association, max_associations=max_associations)
+        listener = Listener(
+            config,
+            ingest.association,
+            max_associations=max_associations,
+            overloaded=_backlog_check(registrar, settings.db_max_pending),
+        )
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
@@ -227,6 +232,19 @@ async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
     worker.cfind_executor.shutdown(wait=False, cancel_futures=True)
     await asyncio.to_thread(tracing.shutdown)
     return clean
+
+
+def _backlog_check(registrar: Registrar, limit: int) -> Callable[[], str | None] | None:
+    """Refuse new associations (transient) while more rows than ``limit`` wait for the database:
+    memory stays bounded during a long outage, and senders retry later. 0: never."""
+    if not limit:
+        return None
+
+    def check() -> str | None:
+        pending = registrar.pending
+        return f"{pending} rows wait for the database (OXIDICOM_DB_MAX_PENDING={limit})" if pending > limit else None
+
+    return check
 
 
 async def _sample_gauges(registrar: Registrar, interval: float = 1.0) -> None:

@@ -31,6 +31,7 @@ class Settings:
     db_pool: int = 10
     db_batch_size: int = 100
     db_linger_ms: int = 20
+    db_max_pending: int = 100_000
     state_dir: Path = Path("oxidicom-data")
     files_root: Path = Path("oxidicom-data/files")
     storage_fsync: bool = True
@@ -244,6 +245,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         db_pool=_get(e, "OXIDICOM_DB_POOL", _int(1, 1000), d.db_pool),
         db_batch_size=_get(e, "OXIDICOM_DB_BATCH_SIZE", _int(1, 100_000), d.db_batch_size),
         db_linger_ms=_get(e, "OXIDICOM_DB_LINGER_MS", _int(0, 60_000), d.db_linger_ms),
+        db_max_pending=_get(e, "OXIDICOM_DB_MAX_PENDING", _int(0), d.db_max_pending),
         state_dir=state_dir,
         files_root=_get(e, "OXIDICOM_FILES_ROOT", _path, state_dir / "files"),
         storage_fsync=_get(e, "OXIDICOM_STORAGE_FSYNC", parse_bool, d.storage_fsync),
@@ -282,6 +284,7 @@ DOCUMENTED = (
     "OXIDICOM_DB_POOL",
     "OXIDICOM_DB_BATCH_SIZE",
     "OXIDICOM_DB_LINGER_MS",
+    "OXIDICOM_DB_MAX_PENDING",
     "OXIDICOM_STATE_DIR",
     "OXIDICOM_FILES_ROOT",
     "OXIDICOM_STORAGE_FSYNC",

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from harness import load_script, storescu, wait_until
+from harness import RawClient, associate_rq, load_script, storescu, wait_until
 from peers import ServeProcess
 
+from oxidicom_py.net import pdu
 from oxidicom_py.registry.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 
 OUTAGE_SECONDS = 30
+MR = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 def _count(uri: str) -> int:
@@ -65,4 +68,38 @@ def test_receiving_continues_through_a_database_outage(
             progress = conn.execute("SELECT sum(received) FROM oxidicom_series_progress").fetchone()
         assert fnames is not None and fnames[0] == fnames[1]  # exactly once
         assert progress == (30,)
+    assert rx.proc is not None and rx.proc.returncode == 0
+
+
+def test_a_long_outage_bounds_the_backlog_with_a_transient_refusal(
+    tmp_path: Path, embedded_pg: Callable[[], EmbeddedPostgres]
+) -> None:
+    """Past OXIDICOM_DB_MAX_PENDING rows waiting, new associations get A-ASSOCIATE-RJ (transient,
+    local limit exceeded) instead of growing memory; once the database is back they are
+    accepted again and every acknowledged instance is registered once."""
+    server = embedded_pg()
+    uri = server.start()
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=1, slices=12, rows=16, cols=16)
+    env = {
+        "OXIDICOM_DB_CONNECTION": uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIDICOMTEST",
+        "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_DB_MAX_PENDING": "5",
+    }
+    with ServeProcess(env, tmp_path) as rx:
+        server.stop()
+        storescu(rx.port, calling="OUTAGE", files=files[:8])  # admitted while the backlog was empty
+        refused = RawClient(rx.port)
+        refused.send(associate_rq([(1, MR, [EXPLICIT])], calling="OUTAGE", called="OXIDICOMTEST"))
+        pdu_type, body = refused.recv_pdu()
+        refused.close()
+        assert pdu_type == pdu.A_ASSOCIATE_RJ
+        assert body[1:4] == bytes((pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, 2))  # local limit exceeded
+        assert any(str(line.get("msg", "")).startswith("refusing new associations") for line in rx.lines)
+
+        server.start()
+        wait_until(lambda: _count(uri) == 8, 60, what="the backlog registered")
+        storescu(rx.port, calling="OUTAGE", files=files[8:])  # accepted again
+        wait_until(lambda: _count(uri) == 12, 30, what="every acknowledged instance registered")
     assert rx.proc is not None and rx.proc.returncode == 0

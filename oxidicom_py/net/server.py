@@ -24,10 +24,15 @@ class Listener:
         on_established: Callable[[AssociationInfo], AssociationHandler],
         *,
         max_associations: int,
+        overloaded: Callable[[], str | None] | None = None,
     ) -> None:
+        """``overloaded``: returns why new associations should wait (e.g. a registration
+        backlog while the database is away), or None."""
         self.config = config
         self._on_established = on_established
         self.max_associations = max_associations
+        self._overloaded = overloaded
+        self._overload_reason: str | None = None
         self.established = 0
         self.server: asyncio.AbstractServer | None = None
         self.tls = False
@@ -35,6 +40,16 @@ class Listener:
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         if self.established >= self.max_associations:
             return (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+        if self._overloaded is not None:
+            reason = self._overloaded()
+            if reason != self._overload_reason:  # log each change, not each refusal
+                if reason is None:
+                    log.warning("accepting new associations again")
+                else:
+                    log.warning("refusing new associations for now (transient): %s", reason)
+                self._overload_reason = reason
+            if reason is not None:
+                return (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
         return None
 
     def _established(self, info: AssociationInfo) -> AssociationHandler:
