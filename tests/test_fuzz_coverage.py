@@ -1,0 +1,132 @@
+"""Coverage-guided fuzzing of the upper layer (tests/fuzz_upper_layer.py, atheris) in bounded runs.
+
+The default run is bounded in count and time (< 60 s on 2 cores). ``OXIDICOM_FUZZ_SECONDS=600``
+turns it into a campaign of that many seconds instead. The fuzzer's own input is never saved
+outside ``tmp_path``; a crash is shown with its input in hex.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("atheris")
+
+TESTS = Path(__file__).resolve().parent
+HARNESS = TESTS / "fuzz_upper_layer.py"
+REGRESSIONS = TESTS / "fuzz_corpus" / "upper_layer"
+"""Committed inputs (minimised crashes once found), replayed and added to every run's corpus."""
+
+KNOWN_CRASHES: dict[str, str] = {}
+"""Committed inputs that still crash, by file name under REGRESSIONS, with the reason (xfail)."""
+
+RUNS = 40_000
+SEED = 20_240_611
+TIME_BOUND = 45
+LONG_SECONDS = int(os.environ.get("OXIDICOM_FUZZ_SECONDS", "0"))
+MIN_NEW_EDGES = 20
+"""Edges the bounded run must reach beyond the seeds alone (measured: seeds 254, 40k runs ~304)."""
+
+_STATS = re.compile(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+)", re.MULTILINE)
+
+
+def _fuzz(*args: str, cwd: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(HARNESS), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return proc, time.monotonic() - started
+
+
+def _stats(proc: subprocess.CompletedProcess[str]) -> tuple[int, int, int, str]:
+    matches = list(_STATS.finditer(proc.stderr))
+    assert matches, f"no DONE line (exit {proc.returncode}):\n{_tail(proc)}"
+    last = matches[-1]
+    line = proc.stderr[last.start() :].splitlines()[0]
+    return int(last[1]), int(last[2]), int(last[3]), line
+
+
+def _tail(proc: subprocess.CompletedProcess[str]) -> str:
+    """The end of libFuzzer's output, without atheris' list of instrumented modules."""
+    return "\n".join(line for line in proc.stderr.splitlines() if "Instrumenting" not in line)[-6000:]
+
+
+def _crash_report(artifacts: Path) -> str:
+    crashes = sorted(artifacts.glob("crash-*")) + sorted(artifacts.glob("timeout-*")) + sorted(artifacts.glob("oom-*"))
+    return "\n".join(f"{p.name}: {p.read_bytes().hex()}" for p in crashes)
+
+
+def _corpus(folder: Path) -> Path:
+    proc = subprocess.run(
+        [sys.executable, str(HARNESS), "--write-seeds", str(folder)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    if REGRESSIONS.is_dir():
+        for path in REGRESSIONS.iterdir():
+            if path.is_file() and path.name not in KNOWN_CRASHES:
+                shutil.copy(path, folder / path.name)
+    assert len(list(folder.iterdir())) >= 8
+    return folder
+
+
+@pytest.mark.timeout(max(300, LONG_SECONDS + 180))
+def test_fuzzing_the_upper_layer_finds_no_crash_and_grows_coverage(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path / "corpus")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    common = (f"-artifact_prefix={artifacts}/", "-print_final_stats=1", f"-seed={SEED}", "-timeout=10")
+
+    # the seeds alone
+    proc, _ = _fuzz("-runs=0", *common, str(corpus), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, f"a seed crashes:\n{_tail(proc)}\n{_crash_report(artifacts)}"
+    _n, seed_cov, _ft, seed_line = _stats(proc)
+    assert seed_cov > 150, f"our modules were not instrumented? {seed_line}"
+
+    if LONG_SECONDS:
+        bounds = (f"-max_total_time={LONG_SECONDS}",)
+        time_bound = LONG_SECONDS
+    else:
+        bounds = (f"-runs={RUNS}", f"-max_total_time={TIME_BOUND}")
+        time_bound = TIME_BOUND
+    proc, elapsed = _fuzz(*bounds, *common, str(corpus), cwd=tmp_path, timeout=time_bound + 120)
+    assert proc.returncode == 0, f"the fuzzer found a crash:\n{_tail(proc)}\n{_crash_report(artifacts)}"
+    runs, cov, features, line = _stats(proc)
+    print(f"\nseeds only: {seed_line}\nfuzzed:     {line}  ({elapsed:.1f} s)")
+    assert not _crash_report(artifacts)
+    if not LONG_SECONDS:
+        assert runs == RUNS or elapsed >= TIME_BOUND, (runs, elapsed)
+    assert cov >= seed_cov + MIN_NEW_EDGES, f"coverage grew from {seed_cov} to {cov} only"
+    assert features > cov
+
+
+def test_the_seeds_are_complete_associations(tmp_path: Path) -> None:
+    """Each seed stream, replayed alone, runs clean (libFuzzer runs files given as arguments once)."""
+    corpus = _corpus(tmp_path / "corpus")
+    seeds = sorted(corpus.iterdir())
+    proc, _ = _fuzz(*map(str, seeds), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, _tail(proc)
+    assert proc.stderr.count("Executed ") == len(seeds), _tail(proc)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason)) for name, reason in KNOWN_CRASHES.items()]
+    + (sorted(p.name for p in REGRESSIONS.iterdir() if p.name not in KNOWN_CRASHES) if REGRESSIONS.is_dir() else []),
+)
+def test_regression_input_runs_clean(tmp_path: Path, name: str) -> None:
+    """A committed input (a minimised crash once found) replays without a crash."""
+    proc, _ = _fuzz(f"-artifact_prefix={tmp_path}/", str(REGRESSIONS / name), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, _tail(proc)
