@@ -110,3 +110,18 @@ def test_endpoint_answers_and_refuses_unknown_paths(tmp_path: Path) -> None:
         assert missing.value.code == 404
     finally:
         endpoint.stop()
+
+
+def test_the_declared_metric_list_is_what_the_code_defines() -> None:
+    """deploy/metric_names.txt (which the Grafana dashboard is checked against) = the code's metrics."""
+    from prometheus_client import REGISTRY
+
+    listed = {}
+    text = (Path(__file__).resolve().parent.parent / "deploy" / "metric_names.txt").read_text()
+    for line in text.splitlines():
+        if line.split() and not line.lstrip().startswith("#"):
+            name, kind = line.split()[:2]
+            listed[name] = kind
+    defined = {m.name: m.type for m in REGISTRY.collect() if m.name.startswith("oxidicom_")}
+    assert listed == defined
+    assert set(metrics.NAMES) == set(defined)
