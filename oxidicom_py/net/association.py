@@ -429,6 +429,12 @@ class AssociationProtocol(asyncio.Protocol):
         except dimse.DimseError as e:
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER, f"undecodable command set: {e}")
             return
+        if command.command_field & 0x8000:  # a response: we send no requests, so nothing to answer
+            self._abort(
+                pdu.ABORT_REASON_UNEXPECTED_PARAMETER,
+                f"DIMSE response 0x{command.command_field:04x} received, but we sent no request",
+            )
+            return
         if command.command_field == dimse.C_ECHO_RQ:
             self._send_command(context.context_id, dimse.echo_response(command))
             return
