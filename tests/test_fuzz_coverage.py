@@ -3,6 +3,10 @@
 The default run is bounded in count and time (< 60 s on 2 cores). ``OXIDICOM_FUZZ_SECONDS=600``
 turns it into a campaign of that many seconds instead. The fuzzer's own input is never saved
 outside ``tmp_path``; a crash is shown with its input in hex.
+
+A crash found: minimise it, commit it under tests/fuzz_corpus/upper_layer/ (every run then
+starts from it) and replay it in a test of its own, xfail(strict=True) until association.py is
+fixed, like test_a_dimse_response_from_the_peer_gets_no_reply was.
 """
 
 from __future__ import annotations
@@ -24,37 +28,18 @@ HARNESS = TESTS / "fuzz_upper_layer.py"
 REGRESSIONS = TESTS / "fuzz_corpus" / "upper_layer"
 """Committed inputs (minimised crashes), replayed on their own and added to every run's corpus."""
 
-_ANSWERS_TO_RESPONSES = (
-    "association.py answers a DIMSE response from the peer (here a C-STORE-RSP, command field "
-    "0x8001) as an unsupported request: it sends back a C-STORE-RSP, status 0x0211, "
-    "MessageIDBeingRespondedTo 0, where it should send nothing (or abort)"
-)
-KNOWN_CRASHES: dict[str, str] = {
-    "crash-answers-a-c-store-rsp": "answers-to-responses",  # written by hand: the finding alone
-    "crash-b8c7ae23ae1cb59ee36ce190d26c060ee4fb9e94-minimized": "answers-to-responses",  # as libFuzzer found it
-}
-"""Committed inputs that still fail, by file name under REGRESSIONS, each with the harness'
-OXIDICOM_FUZZ_TOLERATE key that lets the fuzzing runs go past the finding until it is fixed.
-They are replayed by their own xfail(strict=True) test; once association.py is fixed that
-test reports XPASS: then delete the test and the entries, and the files stay as plain
-regression seeds of every run (which tolerates nothing then)."""
-
 RUNS = 40_000
 SEED = 20_240_611
 TIME_BOUND = 45
 LONG_SECONDS = int(os.environ.get("OXIDICOM_FUZZ_SECONDS", "0"))
 MIN_NEW_EDGES = 20
-"""Edges the bounded run must reach beyond the seeds alone (measured: seeds 265, 40k runs 317)."""
+"""Edges the bounded run must reach beyond the seeds alone (measured: seeds 270, 40k runs 314-319)."""
 
 _STATS = re.compile(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+)", re.MULTILINE)
 
 
-def _fuzz(
-    *args: str, cwd: Path, timeout: float, tolerate: bool = True
-) -> tuple[subprocess.CompletedProcess[str], float]:
-    """Run the harness; ``tolerate``: pass over the known findings (KNOWN_CRASHES)."""
-    keys = ",".join(sorted(set(KNOWN_CRASHES.values()))) if tolerate else ""
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OXIDICOM_FUZZ_TOLERATE": keys}
+def _fuzz(*args: str, cwd: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, str(HARNESS), *args],
@@ -139,19 +124,15 @@ def test_the_seeds_are_complete_associations(tmp_path: Path) -> None:
     assert proc.stderr.count("Executed ") == len(seeds), _tail(proc)
 
 
-class AnsweredAResponse(Exception):
-    """The harness reported the known finding, and nothing else."""
-
-
-@pytest.mark.xfail(strict=True, raises=AnsweredAResponse, reason=_ANSWERS_TO_RESPONSES)
-@pytest.mark.parametrize("name", [n for n, key in KNOWN_CRASHES.items() if key == "answers-to-responses"])
+@pytest.mark.parametrize(
+    "name", ["crash-answers-a-c-store-rsp", "crash-b8c7ae23ae1cb59ee36ce190d26c060ee4fb9e94-minimized"]
+)
 def test_a_dimse_response_from_the_peer_gets_no_reply(tmp_path: Path, name: str) -> None:
-    """After the association the peer sends a C-STORE-RSP, a response, not a request: the
-    receiver must not answer it. Any other failure of the replay is a real failure."""
-    assert (REGRESSIONS / name).is_file()
-    proc, _ = _fuzz(str(REGRESSIONS / name), cwd=tmp_path, timeout=60, tolerate=False)
-    if proc.returncode != 0:
-        if "a DIMSE response from the peer was answered" in proc.stdout:
-            raise AnsweredAResponse(_tail(proc)[-1500:])
-        pytest.fail(_tail(proc))
+    """The fuzzer's first finding, fixed in 593e70f: after the association the peer sends a
+    C-STORE-RSP (a response, not a request), which was answered with a C-STORE-RSP "unrecognized
+    operation" (0x0211). The first input is that stream written by hand, the second the input
+    libFuzzer found, minimised."""
+    proc, _ = _fuzz(str(REGRESSIONS / name), cwd=tmp_path, timeout=60)
+    assert "a DIMSE response from the peer was answered" not in proc.stdout, _tail(proc)
+    assert proc.returncode == 0, _tail(proc)
     assert "Executed " in proc.stderr, _tail(proc)
