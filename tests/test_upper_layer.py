@@ -336,3 +336,16 @@ def test_stock_storescu_with_nagle_on_does_not_stall(tmp_path: Path, series: lis
         assert len(rx.stored()) == len(series)
         # with the stall: at least 30 x 40 ms = 1.2 s; without it: about 0.1 s
         assert elapsed < 0.7, f"{elapsed:.2f} s for {len(series)} instances"
+
+
+def test_the_folder_cache_of_the_files_root_stays_bounded(tmp_path: Path) -> None:
+    from oxidicom_py.storage import writer
+    from oxidicom_py.storage.writer import FilesRoot
+
+    files = FilesRoot(tmp_path, fsync=False)
+    for i in range(writer.KNOWN_DIRS_MAX + 10):
+        staged = files.stage(b"")
+        staged.write(memoryview(b"x"))
+        staged.commit(f"a/{i}/f.dcm")
+    assert len(files._known_dirs) <= writer.KNOWN_DIRS_MAX
+    assert (tmp_path / "a" / "0" / "f.dcm").read_bytes() == b"x"

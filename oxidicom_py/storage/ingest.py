@@ -279,7 +279,7 @@ class IncomingInstance:
                 self._raw = None
         self._prefix = None
         values = self._values()
-        problem, study_date = check_required(values)
+        problem, study_date = check_required(values, self.store.info.calling_ae)
         if problem is not None:
             return self._reject(problem)
         assert study_date is not None

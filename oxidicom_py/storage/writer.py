@@ -37,6 +37,11 @@ def is_in_memory_filesystem(path: Path) -> bool:
     return fstype in _IN_MEMORY_FS
 
 
+KNOWN_DIRS_MAX = 4096
+"""Folders remembered as existing (series folders are reused for hundreds of instances; a
+forgotten one costs one ``makedirs`` that finds it there)."""
+
+
 class FilesRoot:
     """The storage root: where instances are staged and where they land."""
 
@@ -73,6 +78,8 @@ class FilesRoot:
     def _ensure_dir(self, directory: str) -> None:
         if directory not in self._known_dirs:
             os.makedirs(directory, exist_ok=True)
+            if len(self._known_dirs) >= KNOWN_DIRS_MAX:  # a long-running worker: forget, do not grow
+                self._known_dirs.clear()
             self._known_dirs.add(directory)
 
     def publish(self, staged_path: str, relative: str) -> None:
