@@ -47,6 +47,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def instance_rows(db_uri: str, pacs: str | None = None) -> int:
+    """Registered instances (not the series marker rows), of one calling AE title if given."""
+    import psycopg
+
+    where = "p.identifier = %s" if pacs is not None else "p.identifier <> 'org.fnndsc.oxidicom'"
+    with psycopg.connect(db_uri, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id WHERE " + where,
+            (pacs,) if pacs is not None else None,
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def load_script(name: str) -> Any:
     """Import ``sample_data/<name>.py`` (not a package) as a module."""
     path = PROJECT / "sample_data" / f"{name}.py"

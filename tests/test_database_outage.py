@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from harness import RawClient, associate_rq, load_script, storescu, wait_until
+from harness import RawClient, associate_rq, instance_rows, load_script, storescu, wait_until
 from peers import ServeProcess
 
 from oxidicom_py.net import pdu
@@ -22,13 +22,7 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 def _count(uri: str) -> int:
-    with psycopg.connect(uri, connect_timeout=2) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
-            "WHERE p.identifier = 'OUTAGE'"
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return instance_rows(uri, "OUTAGE")
 
 
 def test_receiving_continues_through_a_database_outage(

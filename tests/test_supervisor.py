@@ -8,22 +8,15 @@ import subprocess
 from pathlib import Path
 
 import psutil
-import psycopg
 import pytest
-from harness import LOOPBACK, RawScu, dataset_bytes, load_script, peer_env, sop_of, wait_until
+from harness import LOOPBACK, RawScu, dataset_bytes, instance_rows, load_script, peer_env, sop_of, wait_until
 from peers import ServeProcess
 
 pytestmark = pytest.mark.integration
 
 
 def _rows(db: str) -> int:
-    with psycopg.connect(db) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
-            "WHERE p.identifier <> 'org.fnndsc.oxidicom'"  # instances only, not the series marker rows
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return instance_rows(db)
 
 
 def _storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:

@@ -16,7 +16,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from harness import (
     LOOPBACK,
@@ -24,6 +23,7 @@ from harness import (
     RawClient,
     associate_rq,
     dataset_bytes,
+    instance_rows,
     load_script,
     peer_env,
     wait_until,
@@ -326,13 +326,7 @@ def test_serve_refuses_to_start_with_a_mismatched_key(tmp_path: Path, pki: Pki) 
 
 
 def _rows(db: str) -> int:
-    with psycopg.connect(db) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
-            "WHERE p.identifier <> 'org.fnndsc.oxidicom'"  # instances only, not the series marker rows
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return instance_rows(db)
 
 
 @pytest.mark.integration
