@@ -3,6 +3,9 @@
 Every receiver gets an empty output folder, a free port, ``TCP_NODELAY=1`` in its environment
 (DCMTK and Orthanc leave Nagle on otherwise) and its own session (process group), so that
 stopping it also ends its children. Only 127.0.0.1 is ever addressed.
+
+The ``-telemetry`` variants of oxidicom_py also get ``OXIDICOM_METRICS_PORT`` (on 127.0.0.1) and
+``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at an OTLP sink of the bench (:mod:`telemetry_probe`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import procmon
+import telemetry_probe
 
 BENCH_DIR = Path(__file__).resolve().parent
 SENDER_AET = "BENCH"  # calling AE title of every storescu
 START_TIMEOUT = 60.0
+OTEL_EXPORT_EVERY_MS = 1000  # telemetry variants: OTEL_BSP_SCHEDULE_DELAY
 STOP_TIMEOUT = 30.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never via a proxy
 
@@ -40,8 +45,13 @@ def free_port() -> int:
 
 
 def base_env() -> dict[str, str]:
-    """Our environment without any OXIDICOM_* setting of the caller's shell, plus TCP_NODELAY=1."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OXIDICOM_")}
+    """Our environment without any OXIDICOM_*, OTEL_* or PROMETHEUS_MULTIPROC_DIR setting of the
+    caller's shell (telemetry is on only where a receiver asks for it), plus TCP_NODELAY=1."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OXIDICOM_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env["TCP_NODELAY"] = "1"
     return env
 
@@ -69,6 +79,9 @@ class ReceiverDef:
     fsync: bool | None = None  # oxidicom only
     processes: int | None = None  # oxidicom only: OXIDICOM_LISTENER_PROCESSES (None: its default)
     big: bool = False  # also receives the big500m memory corpus
+    # oxidicom only: "both" = /metrics (scraped by the bench) and OTLP traces to the bench's sink;
+    # "metrics" or "traces" = one of them (to tell their costs apart); "" = neither
+    telemetry: str = ""
 
     @property
     def storage_label(self) -> str:
@@ -85,6 +98,14 @@ class ReceiverDef:
         return self.kind == "storescp"
 
 
+# (id suffix, label suffix, ReceiverDef.telemetry) of oxidicom_py's telemetry variants (tmpfs only)
+TELEMETRY_VARIANTS = (
+    ("telemetry", "+telemetry", "both"),
+    ("metrics", "+metrics only", "metrics"),
+    ("traces", "+traces only", "traces"),
+)
+
+
 def receiver_defs(oxidicom_processes: list[int | None]) -> list[ReceiverDef]:
     defs: list[ReceiverDef] = []
     for p in oxidicom_processes:
@@ -92,6 +113,19 @@ def receiver_defs(oxidicom_processes: list[int | None]) -> list[ReceiverDef]:
         label = "oxidicom_py" if p is None else f"oxidicom_py P={p}"
         defs += [
             ReceiverDef(f"oxidicom{tag}-tmpfs", "oxidicom", "tmpfs", label, "ChRIS", True, p, big=True),
+            *(
+                ReceiverDef(
+                    f"oxidicom{tag}-tmpfs-{suffix}",
+                    "oxidicom",
+                    "tmpfs",
+                    f"{label} {what}",
+                    "ChRIS",
+                    True,
+                    p,
+                    telemetry=mode,
+                )
+                for suffix, what, mode in TELEMETRY_VARIANTS
+            ),
             ReceiverDef(f"oxidicom{tag}-disk", "oxidicom", "disk", label, "ChRIS", True, p),
             ReceiverDef(f"oxidicom{tag}-disk-nofsync", "oxidicom", "disk", label, "ChRIS", False, p),
         ]
@@ -148,6 +182,8 @@ class Running:
     http_port: int | None = None
     db_name: str | None = None
     db_uri: str | None = None
+    metrics_port: int | None = None  # telemetry variants
+    sink: telemetry_probe.OtlpSink | None = None  # telemetry variants; closed by stop() after the drain
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     log_levels: dict[str, int] = field(default_factory=dict)
     _reader: threading.Thread | None = None
@@ -224,6 +260,8 @@ class Running:
         kill_group(self.proc)  # leftovers (fork children, workers)
         if self._reader is not None:
             self._reader.join(5)
+        if self.sink is not None:
+            self.sink.close()  # after the drain, which exported the last spans
         result["log_levels"] = dict(self.log_levels)
         return result
 
@@ -271,11 +309,18 @@ def _popen(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path, *, pi
         log.close()
 
 
-def start(rdef: ReceiverDef, run_dir: Path, db: Database | None, oxidicom_src: Path | None = None) -> Running:
+def start(
+    rdef: ReceiverDef,
+    run_dir: Path,
+    db: Database | None,
+    oxidicom_src: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Running:
     """Start ``rdef`` into ``run_dir/out`` and wait until it accepts associations.
 
     ``oxidicom_src``: run oxidicom_py from that folder (it holds the ``oxidicom_py`` package)
     instead of the installed one, e.g. an exported commit for an A/B comparison.
+    ``extra_env``: more variables for oxidicom_py (e.g. ``OXIDICOM_PACS_ADDRESS``; bench/observe.py).
     """
     out_dir = run_dir / "out"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -299,6 +344,20 @@ def start(rdef: ReceiverDef, run_dir: Path, db: Database | None, oxidicom_src: P
             env["OXIDICOM_STORAGE_FSYNC"] = "false"
         if rdef.processes is not None:
             env["OXIDICOM_LISTENER_PROCESSES"] = str(rdef.processes)
+        sink = None
+        metrics_port = None
+        if rdef.telemetry in ("both", "metrics"):
+            metrics_port = free_port()
+            env.update(OXIDICOM_METRICS_PORT=str(metrics_port), OXIDICOM_METRICS_ADDRESS="127.0.0.1")
+        if rdef.telemetry in ("both", "traces"):
+            sink = telemetry_probe.OtlpSink()
+            env.update(
+                OTEL_EXPORTER_OTLP_ENDPOINT=sink.endpoint,
+                # export every second instead of the SDK's 5 s, so that a run of a few seconds pays for its
+                # exports inside the measurement (as a long-running receiver does continuously)
+                OTEL_BSP_SCHEDULE_DELAY=str(OTEL_EXPORT_EVERY_MS),
+            )
+        env.update(extra_env or {})
         if oxidicom_src is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(oxidicom_src), env.get("PYTHONPATH")]))
             cmd = [sys.executable, "-m", "oxidicom_py", "serve"]
@@ -306,13 +365,26 @@ def start(rdef: ReceiverDef, run_dir: Path, db: Database | None, oxidicom_src: P
             exe = Path(sys.executable).with_name("oxidicom-py")
             cmd = [str(exe) if exe.exists() else "oxidicom-py", "serve"]
         proc = _popen(cmd, env, run_dir, run_dir / "stdout.log", pipe_stderr=True)
-        running = Running(rdef, proc, port, out_dir, run_dir, log_path, db_name=db_name, db_uri=db.uri_for(db_name))
+        running = Running(
+            rdef,
+            proc,
+            port,
+            out_dir,
+            run_dir,
+            log_path,
+            db_name=db_name,
+            db_uri=db.uri_for(db_name),
+            metrics_port=metrics_port,
+            sink=sink,
+        )
         ready = threading.Event()
         running._reader = threading.Thread(target=_read_json_lines, args=(running, ready, log_path), daemon=True)
         running._reader.start()
         try:
             if not ready.wait(START_TIMEOUT) or not running.alive() or not running.info:
                 raise RuntimeError("oxidicom-py did not log 'ready': " + " | ".join(list(running.stderr_tail)[-5:]))
+            if metrics_port is not None:  # the endpoint starts before 'ready'; make sure it answers
+                telemetry_probe.fetch(f"http://127.0.0.1:{metrics_port}/metrics")
         except BaseException:
             running.stop()
             db.drop(db_name)

@@ -75,6 +75,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
                 if first["kind"] == "oxidicom"
                 else None,
+                "telemetry": _telemetry_stats([r["telemetry"] for r in ok if r.get("telemetry")]),
             }
         )
     # ratios of every oxidicom_py figure to single-process storescp, same storage/corpus/associations
@@ -92,6 +93,78 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ratios[field] = mine["median"] / theirs["median"] if ok else None  # type: ignore[index]
         r["vs_storescp"] = ratios if b else None
     return rows
+
+
+def _telemetry_stats(infos: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The -telemetry variants: what the bench scraped and what its OTLP sink received, per run."""
+    if not infos:
+        return None
+    names = sorted({k for i in infos for k in i.get("spans", {})})
+    return {
+        "scrapes": _stats([i.get("scrapes") for i in infos]),
+        "scrape_ms_median": _stats([i.get("scrape_ms_median") for i in infos]),
+        "scrape_bytes": _stats([i.get("scrape_bytes") for i in infos]),
+        "otlp_requests": _stats([i.get("otlp_requests") for i in infos]),
+        "otlp_requests_in_window": _stats([i.get("otlp_requests_in_window") for i in infos]),
+        "spans": {name: _stats([i.get("spans", {}).get(name, 0) for i in infos]) for name in names},
+    }
+
+
+TELEMETRY_SUFFIXES = ("-telemetry", "-metrics", "-traces")  # receivers.TELEMETRY_VARIANTS
+
+
+def _telemetry_suffix(key: str) -> str | None:
+    return next((s for s in TELEMETRY_SUFFIXES if key.endswith(s)), None)
+
+
+def telemetry_pairs(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(off, on) summary rows: ``X`` and ``X-telemetry`` (or ``-metrics``, ``-traces``) of the same
+    corpus and association count."""
+    by = {(r["corpus"], r["associations"], r["receiver"]): r for r in rows}
+    pairs = []
+    for r in rows:
+        suffix = _telemetry_suffix(r["receiver"])
+        if suffix:
+            off = by.get((r["corpus"], r["associations"], r["receiver"].removesuffix(suffix)))
+            if off is not None:
+                pairs.append((off, r))
+    return pairs
+
+
+def _delta(on: dict[str, float] | None, off: dict[str, float] | None) -> str:
+    if not on or not off or not off["median"]:
+        return "–"
+    return f"{(on['median'] / off['median'] - 1) * 100:+.1f}%"
+
+
+def telemetry_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    pairs = telemetry_pairs(rows)
+    if not pairs:
+        return []
+    out = [
+        "",
+        "**Telemetry cost**: the same receiver without and with telemetry (`/metrics` scraped every"
+        " second by the bench, OTLP traces to the bench's sink); medians (min–max), Δ = on / off − 1:",
+        "",
+        "| corpus | assoc | receiver (on) | inst/s off | inst/s on | Δ inst/s | CPU s/1k off | CPU s/1k on | Δ CPU |"
+        " scrapes / run | spans / run (association · batch) | OTLP requests / run (in window) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for off, on in pairs:
+        t = on.get("telemetry") or {}
+        spans = t.get("spans", {})
+        assoc_spans = spans.get("dicom.association")
+        batch_spans = spans.get("registration batch")
+        reqs, in_window = t.get("otlp_requests"), t.get("otlp_requests_in_window")
+        out.append(
+            f"| {on['corpus']} | ×{on['associations']} | {on['label']} | {_cell(off['inst_per_s'])} |"
+            f" {_cell(on['inst_per_s'])} | {_delta(on['inst_per_s'], off['inst_per_s'])} |"
+            f" {_cell(off['cpu_s_per_1k'], 3)} | {_cell(on['cpu_s_per_1k'], 3)} |"
+            f" {_delta(on['cpu_s_per_1k'], off['cpu_s_per_1k'])} | {_cell(t.get('scrapes'), 0, False)} |"
+            f" {_cell(assoc_spans, 0, False)} · {_cell(batch_spans, 0, False)} |"
+            f" {_cell(reqs, 0, False)} ({_cell(in_window, 0, False)}) |"
+        )
+    return out
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -170,6 +243,7 @@ def markdown(doc: dict[str, Any]) -> str:
             f" {_cell(r['mb_per_s'], 0, False)} | {_cell(r['cpu_s_per_1k'], 3)} | {_cell(r['peak_rss_mb'], 0, False)} |"
             f" {lat_text} | {vs_text} | {_cell(r['other_cpu_pct'], 0, False)} | {_status(r)} |"
         )
+    out.extend(telemetry_markdown(rows))
     big = [r for r in rows if r["memory_only"]]
     if big:
         out.append("")
@@ -210,6 +284,13 @@ COLORS = {
     "orthanc": "#2ca02c",
     "pynetdicom": "#9467bd",
 }
+TELEMETRY_COLOR = "#ff9896"  # oxidicom_py's -telemetry variants: a lighter red next to the plain one
+
+
+def _color(key: str, kind: str) -> str:
+    if _telemetry_suffix(key):
+        return TELEMETRY_COLOR
+    return COLORS.get(kind, "#7f7f7f")
 
 
 def chart(doc: dict[str, Any], path: Path) -> None:
@@ -249,7 +330,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
                 ys.append(s["median"])
                 lo.append(s["median"] - s["min"])
                 hi.append(s["max"] - s["median"])
-            shade = COLORS.get(kind_of[key], "#7f7f7f")
+            shade = _color(key, kind_of[key])
             bars = ax.bar(xs, ys, width * 0.92, yerr=[lo, hi], capsize=2, color=shade, label=label_of[key])
             if kind_of[key] == "oxidicom":
                 for bar, x, up in zip(bars, xs, hi, strict=True):
@@ -282,7 +363,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
         ax = axes[2][0]
         names = [f"{r['label']} ({r['storage']})" for r in big]
         vals = [r["rss_increase_mb"]["median"] for r in big]
-        ax.barh(names, vals, color=[COLORS.get(r["kind"], "#7f7f7f") for r in big])
+        ax.barh(names, vals, color=[_color(r["receiver"], r["kind"]) for r in big])
         for y, v in enumerate(vals):
             ax.annotate(f"{v:,.0f} MB", (v, y), textcoords="offset points", xytext=(4, -3), fontsize=8)
         ax.axvline(RSS_TARGET_MB, color=COLORS["oxidicom"], ls="--", lw=1)

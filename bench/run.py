@@ -57,6 +57,7 @@ import corpora  # noqa: E402
 import procmon  # noqa: E402
 import receivers  # noqa: E402
 import report  # noqa: E402
+import telemetry_probe  # noqa: E402
 
 TMPFS_ROOT = Path("/dev/shm/oxidicom-bench")
 DISK_ROOT = Path("/var/tmp/oxidicom-bench")
@@ -65,6 +66,7 @@ SENDER_AET = receivers.SENDER_AET
 SETTLE_S = 0.2  # after a receiver says it is ready, before the clock starts
 COMMIT_POLL_S = 0.005
 COMMIT_WAIT_S = 60.0  # after the last sender exited, how long rows may still take
+SCRAPE_INTERVAL_S = 1.0  # telemetry runs: /metrics scraped this often (Prometheus' usual is 15 s, often 5 s)
 QUICK_RECEIVERS = ("oxidicom*-tmpfs", "storescp-tmpfs", "storescp-fork-tmpfs", "orthanc-tmpfs", "pynetdicom-tmpfs")
 
 
@@ -280,7 +282,9 @@ def run_one(
     file_chunks = [[corpus.files[i] for i in ch] for ch in chunks_idx]
     running: receivers.Running | None = None
     watcher: CommitWatcher | None = None
+    scraper: telemetry_probe.Scraper | None = None
     senders: list[Sender] = []
+    t_window_end: float | None = None
     try:
         running = receivers.start(rdef, run_dir, sitting.db, sitting.args.oxidicom_src)
         record["port"] = running.port
@@ -292,6 +296,9 @@ def run_one(
             watcher = CommitWatcher(running.db_uri, [[corpus.sop_uids[i] for i in ch] for ch in chunks_idx])
             watcher.start()
         record["quiet_wait_s"], record["busy_cores_before"] = wait_for_quiet(sitting.args.idle_wait)
+        if running.metrics_port is not None:
+            url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+            scraper = telemetry_probe.Scraper(url, SCRAPE_INTERVAL_S).start()
         pg_mon = None
         if rdef.is_oxidicom and sitting.db is not None:
             pg_mon = procmon.TreeMonitor([sitting.db.postmaster_pid])
@@ -308,7 +315,10 @@ def run_one(
         wall = t_end - t0
         if watcher is not None:
             watcher.wait(COMMIT_WAIT_S)
+        if scraper is not None:
+            scraper.stop()
         usage = mon.stop()
+        t_window_end = time.perf_counter()
         busy1 = procmon.system_busy_seconds()
         window = time.perf_counter() - w0
         self1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -372,6 +382,9 @@ def run_one(
         for what, got in counts.items():
             if got != n:
                 problems.append(f"{what}: {got}/{n} ({n - got:+d} lost)" if got < n else f"{what}: {got}/{n}")
+        if scraper is not None:
+            assert running.metrics_port is not None
+            problems += check_metrics(record, scraper, running.metrics_port, n)
         if problems:
             record["error"] = "; ".join(problems)
         else:
@@ -397,6 +410,11 @@ def run_one(
                     sitting.db.drop(running.db_name)
             with contextlib.suppress(OSError):
                 shutil.copy(running.log_path, log_dir / "receiver.log")
+            if running.sink is not None:  # after stop(): the drain exported the last spans
+                trouble = check_spans(record, running.sink, len(senders), t_window_end)
+                if trouble:
+                    record["ok"] = False
+                    record["error"] = "; ".join(filter(None, [record.get("error"), trouble]))
             if (run_dir / "orthanc.log").exists():
                 with contextlib.suppress(OSError):
                     shutil.copy(run_dir / "orthanc.log", log_dir / "orthanc.log")
@@ -408,6 +426,79 @@ def run_one(
         else:
             record["logs"] = str(log_dir)
     return record
+
+
+# -- telemetry checks (the -telemetry variants) -------------------------------------------------
+
+
+def check_metrics(record: dict[str, Any], scraper: telemetry_probe.Scraper, port: int, n: int) -> list[str]:
+    """One more scrape after the measurement: oxidicom_instances_stored_total must be ``n``."""
+    scrapes = scraper.scrapes
+    ok = [s for s in scrapes if s.error is None]
+    info: dict[str, Any] = record.setdefault("telemetry", {})
+    info.update(
+        scrape_interval_s=SCRAPE_INTERVAL_S,
+        scrapes=len(scrapes),
+        scrape_errors=[s.error for s in scrapes if s.error][:5],
+        scrape_ms_median=report.percentile([s.seconds * 1000 for s in ok], 50),
+        scrape_ms_max=max((s.seconds * 1000 for s in ok), default=None),
+        scrape_bytes=ok[-1].size if ok else None,
+    )
+    problems: list[str] = []
+    if len(ok) < len(scrapes):
+        problems.append(f"{len(scrapes) - len(ok)}/{len(scrapes)} /metrics scrapes failed: {info['scrape_errors'][0]}")
+    try:
+        samples = telemetry_probe.parse_metrics(telemetry_probe.fetch(f"http://127.0.0.1:{port}/metrics").decode())
+    except Exception as e:
+        return [*problems, f"final /metrics scrape failed: {e!r}"]
+    stored = telemetry_probe.sample_sum(samples, "oxidicom_instances_stored_total", calling_ae=SENDER_AET)
+    received = telemetry_probe.sample_sum(samples, "oxidicom_received_bytes_total", calling_ae=SENDER_AET)
+    associations = telemetry_probe.sample_sum(samples, "oxidicom_associations_total", calling_ae=SENDER_AET)
+    batches = telemetry_probe.sample_sum(samples, "oxidicom_registration_batch_seconds_count")
+    info.update(
+        instances_stored_total=stored,
+        received_bytes_total=received,
+        associations_total=associations,
+        registration_batches=batches,
+    )
+    if stored != n:
+        problems.append(
+            f"/metrics says oxidicom_instances_stored_total{{calling_ae={SENDER_AET!r}}} = {stored}, sent {n}"
+        )
+    if received != record["bytes"]:
+        # dataset bytes exclude the file meta the corpus files carry: only noted
+        info["received_bytes_vs_corpus_bytes"] = (received or 0) / record["bytes"]
+    return problems
+
+
+def check_spans(
+    record: dict[str, Any], sink: telemetry_probe.OtlpSink, associations: int, t_window_end: float | None
+) -> str | None:
+    """After the receiver stopped: the sink must have received the association spans and batch spans."""
+    from oxidicom_py.telemetry import tracing
+
+    posts = sink.snapshot()
+    spans, bad = telemetry_probe.decode_spans(posts)
+    by_name: dict[str, int] = {}
+    for s in spans:
+        by_name[s.name] = by_name.get(s.name, 0) + 1
+    info: dict[str, Any] = record.setdefault("telemetry", {})
+    info.update(
+        otlp_requests=len(posts),
+        otlp_requests_in_window=sum(1 for p in posts if t_window_end is not None and p.t <= t_window_end),
+        otlp_bytes=sum(len(p.body) for p in posts),
+        otlp_undecodable=bad,
+        spans=by_name,
+    )
+    problems = []
+    if bad:
+        problems.append(f"{bad} OTLP request(s) not decodable")
+    got = by_name.get(tracing.ASSOCIATION, 0)
+    if got != associations:
+        problems.append(f"OTLP sink got {got} {tracing.ASSOCIATION!r} spans, expected {associations}")
+    if not by_name.get(tracing.REGISTRATION_BATCH):
+        problems.append(f"OTLP sink got no {tracing.REGISTRATION_BATCH!r} spans")
+    return "; ".join(problems) or None
 
 
 # -- sitting -----------------------------------------------------------------------------------
@@ -756,6 +847,19 @@ def build_doc(
             " this harness, in % of one core (kernel threads such as jbd2/kworkers, and anything else running on"
             f" the machine): median {statistics_median(other) * 100:.0f}%, max {max(other) * 100:.0f}% over all runs."
             " A cell with a high value was measured on a busy machine."
+        )
+    if any(d.telemetry for d in args.defs):
+        notes.append(
+            "+telemetry = the same oxidicom_py with OXIDICOM_METRICS_PORT (127.0.0.1, a free port) and"
+            " OTEL_EXPORTER_OTLP_ENDPOINT set to an OTLP/HTTP sink in the bench process (it reads each request and"
+            " answers 200 with an empty ExportTraceServiceResponse; bodies are decoded only after the run). The bench"
+            f" scrapes /metrics every {SCRAPE_INTERVAL_S:g} s during the measurement (Prometheus usually scrapes every"
+            " 15 s or 5 s). A run counts only if a final scrape shows oxidicom_instances_stored_total = instances sent"
+            " and the sink received one association span per storescu and registration batch spans. Spans are"
+            f" exported every {receivers.OTEL_EXPORT_EVERY_MS / 1000:g} s (OTEL_BSP_SCHEDULE_DELAY; the SDK's default"
+            " of 5 s would export the spans of a run this short at its drain, after the measurement); 'OTLP requests"
+            " (in window)' counts those that arrived before the measurement ended. The sink and the scraper are part"
+            " of the harness CPU, not the receiver's. +metrics only / +traces only (if present) = one of the two."
         )
     notes.append("Compare only within one sitting: on this VM the same cell moves by up to ~1.5× between sittings.")
     return {
