@@ -152,6 +152,7 @@ async def start_worker(
         max_concurrent_batches=db_pool,
         logger=logging.getLogger("oxidicom_py.registry"),
         on_inserted=progress.count_inserted,
+        on_begin=progress.lock_series,
     )
     await registrar.start()
     files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)

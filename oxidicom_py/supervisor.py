@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from oxidicom_py.completion.progress import count_inserted
+from oxidicom_py.completion.progress import count_inserted, lock_series
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.service import (
@@ -58,7 +58,9 @@ class Supervisor:
         try:
             pool = make_pool(prepared.db_uri, 2)
             await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-            registrar = Registrar(pool, logger=logging.getLogger("oxidicom_py.registry"), on_inserted=count_inserted)
+            registrar = Registrar(
+                pool, logger=logging.getLogger("oxidicom_py.registry"), on_inserted=count_inserted, on_begin=lock_series
+            )
             await registrar.start()
             self.reconciler = Reconciler(self.settings.files_root.resolve(), pool, registrar)
             telemetry = start_endpoint(self.settings, prepared.db_uri, lambda: (self.running(), self.n))

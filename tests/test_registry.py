@@ -659,3 +659,53 @@ def test_stop_stale_servers_stops_orphans_only(pg_session_folder: Path) -> None:
     finally:
         owned.stop()
         orphan.stop()
+
+
+@pytest.mark.parametrize("lock_first", [False, True], ids=["without-series-locks", "with-series-locks"])
+def test_batches_of_two_workers_sharing_series_never_deadlock(
+    db_uri: str, caplog: pytest.LogCaptureFixture, lock_first: bool
+) -> None:
+    """Worker A's batch counts an instance of S2, then its marker row's SQL touches S1; worker
+    B's does the opposite. Without taking the series locks first (``on_begin``) the two
+    transactions wait on each other until PostgreSQL kills one (the control case, which shows
+    this test can fail); with them, they run one after the other."""
+    from oxidicom_py.completion import progress
+
+    def rows(instance_series: str, marker_series: str, n: int) -> tuple[PacsFileRow, PacsFileRow]:
+        instance = sag_row(n, SeriesInstanceUID=instance_series, pacs_identifier="DEADLOCK")
+        marker = sag_row(n + 100, SeriesInstanceUID=marker_series, pacs_identifier=progress.MARKER_PACS)
+        return instance, marker
+
+    def slow_touch(series: str) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:
+        async def extra(conn: psycopg.AsyncConnection) -> None:
+            await conn.execute("SELECT pg_sleep(0.3)")  # let the other batch take its first lock
+            await progress.association_started(
+                conn, pacs="DEADLOCK", series=series, study="1.2", patient="P", ulid=f"U-{series}"
+            )
+
+        return extra
+
+    async def scenario() -> list[bool]:
+        await create_schema(db_uri)
+        hooks: dict[str, Any] = {"on_inserted": progress.count_inserted, "batch_size": 2, "linger": 5}
+        if lock_first:
+            hooks["on_begin"] = progress.lock_series
+        async with open_registrar(db_uri, **hooks) as a, open_registrar(db_uri, **hooks) as b:
+            # as in production, each worker knows its PACS rows already (no upsert to queue behind)
+            await results([*(a.submit(r) for r in rows("S0", "S0", 10)), *(b.submit(r) for r in rows("S0", "S0", 20))])
+            a_instance, a_marker = rows("S2", "S1", 1)
+            b_instance, b_marker = rows("S1", "S2", 2)
+            futures = [
+                a.submit(a_instance),
+                a.submit(a_marker, slow_touch("S1")),
+                b.submit(b_instance),
+                b.submit(b_marker, slow_touch("S2")),
+            ]
+            return await results(futures, timeout=60)
+
+    caplog.set_level(logging.WARNING, logger=LOG.name)
+    assert asyncio.run(scenario()) == [True] * 4
+    deadlocks = [r for r in caplog.records if "eadlock" in str(getattr(r, "error", ""))]
+    assert (len(deadlocks) > 0) is not lock_first
+    counts = dict(query(db_uri, 'SELECT "SeriesInstanceUID", received FROM oxidicom_series_progress'))
+    assert counts == {"S0": 2, "S1": 1, "S2": 1}

@@ -19,6 +19,7 @@ its own transaction inserted. State changes are announced by the table's NOTIFY 
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from typing import Final
@@ -84,14 +85,46 @@ RETURNING p.state, cardinality(p.open_associations)
 """
 
 _QUIESCENCE_SWEEP: Final = f"""
-UPDATE {PROGRESS_TABLE} SET
-    state = CASE WHEN expected IS NULL OR received >= expected THEN 'complete' ELSE 'incomplete' END,
+WITH quiet AS (
+    SELECT pacs_identifier, "SeriesInstanceUID" FROM {PROGRESS_TABLE}
+    WHERE state = 'receiving' AND coalesce(last_received, updated) < now() - make_interval(secs => %s)
+    FOR UPDATE SKIP LOCKED  -- a row a registration holds is swept next round: never a lock cycle
+)
+UPDATE {PROGRESS_TABLE} AS p SET
+    state = CASE WHEN p.expected IS NULL OR p.received >= p.expected THEN 'complete' ELSE 'incomplete' END,
     completed = now(),
     open_associations = '{{}}',
     updated = now()
-WHERE state = 'receiving' AND coalesce(last_received, updated) < now() - make_interval(secs => %s)
-RETURNING pacs_identifier, "SeriesInstanceUID", state
+FROM quiet
+WHERE p.pacs_identifier = quiet.pacs_identifier AND p."SeriesInstanceUID" = quiet."SeriesInstanceUID"
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state
 """
+
+
+_LOCK_SERIES: Final = """
+SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) WITH ORDINALITY AS u(k, i) ORDER BY i
+"""
+
+
+def series_lock_key(series_uid: str) -> int:
+    """A stable signed 64-bit key for a series' advisory lock (the same in every process)."""
+    digest = hashlib.blake2b(series_uid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> None:
+    """``on_begin`` hook of the registrar: lock every series a batch touches, in one global order.
+
+    A batch's transaction updates progress rows in ``count_inserted`` (sorted) and then in the
+    rows' extras (in submission order); two batches of different workers that share series could
+    take those row locks in opposite orders and deadlock. Every progress row a batch touches
+    belongs to the SeriesInstanceUID of one of its rows (marker rows carry it too), so taking a
+    transaction-level advisory lock per series, sorted by key, first, serialises exactly the
+    batches that could collide, always in the same order.
+    """
+    keys = sorted({series_lock_key(row.SeriesInstanceUID) for row in rows})
+    if keys:
+        await conn.execute(_LOCK_SERIES, (keys,))
 
 
 async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> None:

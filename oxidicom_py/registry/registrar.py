@@ -111,7 +111,10 @@ class Registrar:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         on_inserted: OnInserted | None = None,
+        on_begin: OnInserted | None = None,
     ) -> None:
+        """``on_begin``: called first in each batch's transaction with all its rows (e.g. to take
+        locks in one global order); ``on_inserted``: after the insert, with the new rows."""
         if batch_size < 1 or max_concurrent_batches < 1 or linger < 0:
             raise ValueError("batch_size and max_concurrent_batches must be >= 1, linger >= 0")
         self._pool = pool
@@ -123,6 +126,7 @@ class Registrar:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._on_inserted = on_inserted
+        self._on_begin = on_begin
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: deque[_Item] = deque()
@@ -389,6 +393,8 @@ class Registrar:
     ) -> set[str]:
         rows = [entry.values for entry in entries]
         async with self._pool.connection(timeout=self._acquire_timeout) as conn, conn.transaction():
+            if self._on_begin is not None:
+                await self._on_begin(conn, rows)
             missing = {row.pacs_identifier for row in rows} - self._pacs_ids.keys()
             new_ids = await batch_sql.upsert_pacs(conn, missing)
             pacs_ids = {**self._pacs_ids, **new_ids}
