@@ -43,9 +43,7 @@ def make_uid(*parts: object) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '|'.join(map(str, parts))).int}"
 
 
-def _plane_numpy(
-    rows: int, cols: int, zn: float, levels: tuple[int, int, int], seed: int, plane: int
-) -> bytes:
+def _plane_numpy(rows: int, cols: int, zn: float, levels: tuple[int, int, int], seed: int, plane: int) -> bytes:
     y, x = np.ogrid[-1 : 1 : rows * 1j, -1 : 1 : cols * 1j]
     r2 = (x / 0.8) ** 2 + (y / 0.65) ** 2 + (zn / 0.9) ** 2
     img = np.full((rows, cols), levels[0], dtype=np.float32)
@@ -83,9 +81,7 @@ def phantom_plane(rows: int, cols: int, plane: int, depth: int, modality: str, s
     return _plane_pure(rows, cols, zn, LEVELS[modality])
 
 
-def _base_dataset(
-    modality: str, patient_id: str, study_uid: str, rows: int, cols: int, frames: int
-) -> Dataset:
+def _base_dataset(modality: str, patient_id: str, study_uid: str, rows: int, cols: int, frames: int) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = SOP_CLASSES[modality]
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -176,8 +172,7 @@ def generate(
             if pixels is None:
                 first = (index - 1) * frames
                 pixels = b"".join(
-                    phantom_plane(rows, cols, p, slices * frames, modality, seed)
-                    for p in range(first, first + frames)
+                    phantom_plane(rows, cols, p, slices * frames, modality, seed) for p in range(first, first + frames)
                 )
                 if cache is not None:
                     cache[index] = pixels
