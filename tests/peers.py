@@ -161,7 +161,8 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             text=True,
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         try:
             wait_until(self._ready, 60, what="'ready' from oxidicom-py serve")
         except BaseException:
@@ -195,6 +196,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self._reader.join(10)  # every line the process wrote, its last ones included, is in self.lines
         return int(self.proc.returncode)
 
     def __exit__(self, *exc: object) -> None:

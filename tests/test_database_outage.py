@@ -90,7 +90,11 @@ def test_a_long_outage_bounds_the_backlog_with_a_transient_refusal(
         refused.close()
         assert pdu_type == pdu.A_ASSOCIATE_RJ
         assert body[1:4] == bytes((pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, 2))  # local limit exceeded
-        assert any(str(line.get("msg", "")).startswith("refusing new associations") for line in rx.lines)
+        wait_until(
+            lambda: any(str(line.get("msg", "")).startswith("refusing new associations") for line in rx.lines),
+            10,
+            what="the refusal logged with its reason",
+        )
 
         server.start()
         wait_until(lambda: _count(uri) == 8, 60, what="the backlog registered")

@@ -97,7 +97,9 @@ def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files:
         scu.release()
         assert rx.proc.wait(60) == 0
         assert _rows(db_uri) == 6  # every acknowledged instance registered before exit
-        assert any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines)
+        wait_until(
+            lambda: any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines), 10, what="stopped"
+        )
         refused = subprocess.run(
             ["echoscu", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port)], env=peer_env(), capture_output=True, timeout=30
         )
