@@ -26,22 +26,10 @@ HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent
 
 
-def _reexec_in_venv() -> None:
-    try:
-        import matplotlib  # noqa: F401
-        import psycopg  # noqa: F401
-        import pynetdicom  # noqa: F401
-
-        import oxidicom_py  # noqa: F401
-    except ImportError as e:
-        venv_python = PROJECT_ROOT / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.prefix).resolve() != venv_python.parent.parent.resolve():
-            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-        sys.exit(f"bench/observe.py: missing dependency ({e}); pip install -e '.[bench]'")
-
-
 if __name__ == "__main__":
-    _reexec_in_venv()
+    from venv_guard import reexec_in_venv
+
+    reexec_in_venv(__file__, ("matplotlib", "psycopg", "pynetdicom", "oxidicom_py"))
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402

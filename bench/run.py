@@ -18,24 +18,10 @@ HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parent
 
 
-def _reexec_in_venv() -> None:
-    """``python bench/run.py`` with a python lacking the dependencies: rerun with the project's venv."""
-    try:
-        import matplotlib  # noqa: F401
-        import psutil  # noqa: F401
-        import psycopg  # noqa: F401
-        import pydicom  # noqa: F401
-
-        import oxidicom_py  # noqa: F401
-    except ImportError as e:
-        venv_python = PROJECT_ROOT / ".venv" / "bin" / "python"
-        if venv_python.exists() and Path(sys.prefix).resolve() != venv_python.parent.parent.resolve():
-            os.execv(str(venv_python), [str(venv_python), __file__, *sys.argv[1:]])
-        sys.exit(f"bench/run.py: missing dependency ({e}); pip install -e '.[bench]'")
-
-
 if __name__ == "__main__":
-    _reexec_in_venv()
+    from venv_guard import reexec_in_venv
+
+    reexec_in_venv(__file__, ("matplotlib", "psutil", "psycopg", "pydicom", "oxidicom_py"))
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
