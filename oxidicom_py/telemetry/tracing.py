@@ -120,8 +120,9 @@ def set_error(span: Span, description: str) -> None:
 
 def shutdown(timeout_millis: int = 10_000) -> None:
     """Export every finished span (at drain); a no-op when tracing is off."""
-    global ENABLED
-    if _provider is not None:
-        _provider.force_flush(timeout_millis)
-        _provider.shutdown()
+    global ENABLED, _provider
     ENABLED = False
+    provider, _provider = _provider, None  # once: a worker drains, then its process exits
+    if provider is not None:
+        provider.force_flush(timeout_millis)
+        provider.shutdown()
