@@ -185,10 +185,8 @@ class AssociationProtocol(asyncio.Protocol):
                     self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
                 except OSError:
                     self._sock = None
-            if self._pdu_timer is None and self.config.pdu_timeout and self._phase == _Phase.ESTABLISHED:
-                self._pdu_timer = asyncio.get_running_loop().call_later(
-                    self.config.pdu_timeout, self._pdu_check, self._pdu_seq
-                )
+            if self._pdu_timer is None and self._phase == _Phase.ESTABLISHED:
+                self._arm_pdu_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_artim()
@@ -226,6 +224,13 @@ class AssociationProtocol(asyncio.Protocol):
             return
         self._abort(pdu.ABORT_REASON_NOT_SPECIFIED, f"idle for {self.config.idle_timeout:g} s")
 
+    def _arm_pdu_timer(self) -> None:
+        """Check, pdu_timeout from now, whether the PDU under way then is still the same one."""
+        if self.config.pdu_timeout:
+            self._pdu_timer = asyncio.get_running_loop().call_later(
+                self.config.pdu_timeout, self._pdu_check, self._pdu_seq
+            )
+
     def _pdu_check(self, seq: int) -> None:
         """Armed when a read ends inside a PDU; fires once per pdu_timeout, not per read."""
         self._pdu_timer = None
@@ -236,8 +241,7 @@ class AssociationProtocol(asyncio.Protocol):
                 pdu.ABORT_REASON_NOT_SPECIFIED, f"a PDU was not complete {self.config.pdu_timeout:g} s after it began"
             )
             return
-        assert self.config.pdu_timeout
-        self._pdu_timer = asyncio.get_running_loop().call_later(self.config.pdu_timeout, self._pdu_check, self._pdu_seq)
+        self._arm_pdu_timer()
 
     def _start_artim(self) -> None:
         self._cancel_artim()

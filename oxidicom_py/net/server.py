@@ -35,7 +35,6 @@ class Listener:
         self._overload_reason: str | None = None
         self.established = 0
         self.server: asyncio.AbstractServer | None = None
-        self.tls = False
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         if self.established >= self.max_associations:
@@ -89,9 +88,8 @@ class Listener:
                 ssl=ssl,
                 ssl_handshake_timeout=self.config.artim_timeout,
             )
-        self.tls = ssl is not None
         bound = sock.getsockname()
-        scheme = "tls" if self.tls else "tcp"
+        scheme = "tcp" if ssl is None else "tls"
         log.info("listening on %s://%s:%d", scheme, bound[0], bound[1], extra={"ae_title": self.config.ae_title})
         return bound[0], bound[1]
 
