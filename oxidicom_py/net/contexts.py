@@ -6,6 +6,8 @@ from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 
+from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES
+
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -13,11 +15,12 @@ EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 
 # Private SOP classes the reference accepts besides the standard storage classes.
-SIEMENS_PRIVATE_STORAGE = (
-    "1.3.12.2.1107.5.99.3.11",  # Siemens AX Frame Sets
-    "1.3.12.2.1107.5.9.1",  # Siemens CSA Non-Image
-    "1.3.12.2.1107.5.99.3.10",  # Siemens CT MR Volume
-)
+SIEMENS_PRIVATE_NAMES = {
+    "1.3.12.2.1107.5.99.3.11": "Siemens AX Frame Sets Storage (private)",
+    "1.3.12.2.1107.5.9.1": "Siemens CSA Non-Image Storage (private)",
+    "1.3.12.2.1107.5.99.3.10": "Siemens CT MR Volume Storage (private)",
+}
+SIEMENS_PRIVATE_STORAGE = tuple(SIEMENS_PRIVATE_NAMES)
 
 # Transfer syntaxes we cannot store as received: deflated ones (the header cannot be read
 # without inflating the whole stream) and the non-network encodings.
@@ -31,13 +34,40 @@ _NOT_ACCEPTED_TS = {
 }
 
 
+# SOP classes with "Storage" in their name that are not C-STORE storage classes.
+_NOT_STORAGE = ("Storage Commitment", "Storage Service Class", "Storage Management", "Media Storage Directory")
+DICOMDIR = "1.2.840.10008.1.3.10"
+"""Media Storage Directory: a media object (PS3.10), never a network storage class."""
+
+
+def is_storage_class(name: str, kind: str) -> bool:
+    """Whether a UID registry entry is a storage SOP class (PS3.4 Annex B), from its name.
+
+    Matches "... Storage", "... Storage - For Presentation", "... Storage - Trial" and the
+    retired print storage classes; excludes Storage Commitment and the like.
+    """
+    return kind == "SOP Class" and "Storage" in name and not any(x in name for x in _NOT_STORAGE)
+
+
 @cache
 def storage_sop_classes() -> frozenset[str]:
-    """Every standard '... Storage' SOP class in pydicom's dictionary, plus Siemens' private ones."""
-    std = {
-        uid for uid, (name, kind, *_rest) in UID_dictionary.items() if kind == "SOP Class" and name.endswith("Storage")
-    }
-    return frozenset(std | set(SIEMENS_PRIVATE_STORAGE))
+    """Every storage SOP class we accept without promiscuous mode.
+
+    The vendored table of the standard's classes (:mod:`storage_classes`, so that no pydicom
+    release can drop one), any newer one the installed pydicom knows, and Siemens' private ones.
+    """
+    installed = {uid for uid, (name, kind, *_rest) in UID_dictionary.items() if is_storage_class(name, kind)}
+    return frozenset(set(STANDARD_STORAGE_CLASSES) | installed | set(SIEMENS_PRIVATE_STORAGE))
+
+
+def sop_class_name(uid: str) -> str:
+    """A readable name for a SOP class UID (the UID itself when unknown)."""
+    if uid in STANDARD_STORAGE_CLASSES:
+        return STANDARD_STORAGE_CLASSES[uid][0]
+    entry = UID_dictionary.get(uid)
+    if entry is not None:
+        return entry[0]
+    return SIEMENS_PRIVATE_NAMES.get(uid, uid)
 
 
 @cache
