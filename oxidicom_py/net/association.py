@@ -20,7 +20,7 @@ from typing import Protocol
 from ulid import ULID
 
 from oxidicom_py.net import dimse, pdu
-from oxidicom_py.net.negotiation import AcceptancePolicy, AcceptedContext, negotiate
+from oxidicom_py.net.negotiation import AcceptancePolicy, AcceptedContext, negotiate, warn_refused
 from oxidicom_py.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from oxidicom_py.telemetry import metrics
 from oxidicom_py.telemetry.logs import ContextLogger
@@ -141,6 +141,7 @@ class AssociationProtocol(asyncio.Protocol):
         self._instance_command: dimse.Command | None = None
         self._instance_context = 0
         self._discard_data = False
+        self._after_discard: tuple[int, bytes] | None = None  # a response due once the dataset is dropped
         self._blocked = False
         self._pending: list[bytes] = []
         self._oversize_warned = False
@@ -396,7 +397,7 @@ class AssociationProtocol(asyncio.Protocol):
         is_command = self._pdv_control & 0x01
         last = complete and bool(self._pdv_control & 0x02)
         if is_command:
-            if self._instance is not None:
+            if self._instance is not None or self._discard_data:
                 self._abort(pdu.ABORT_REASON_UNEXPECTED_PARAMETER, "command PDV while a dataset is incomplete")
                 return
             self._command += chunk
@@ -410,6 +411,9 @@ class AssociationProtocol(asyncio.Protocol):
         if self._discard_data:
             if last:
                 self._discard_data = False
+                if self._after_discard is not None:
+                    (context_id, response), self._after_discard = self._after_discard, None
+                    self._send_command(context_id, response)
             return
         if self._instance is None:
             self._abort(pdu.ABORT_REASON_UNEXPECTED_PARAMETER, "dataset PDV without a preceding C-STORE-RQ")
@@ -443,9 +447,7 @@ class AssociationProtocol(asyncio.Protocol):
             self._send_command(context.context_id, dimse.echo_response(command))
             return
         if command.command_field != dimse.C_STORE_RQ:
-            self._log.warning("unsupported DIMSE command 0x%04x refused", command.command_field)
-            self._send_command(context.context_id, dimse.failure_response(command, dimse.UNRECOGNIZED_OPERATION))
-            self._discard_data = command.has_data_set
+            self._unserved(command, context.context_id)
             return
         if not command.has_data_set:
             self._abort(pdu.ABORT_REASON_INVALID_PARAMETER, "C-STORE-RQ without a dataset")
@@ -454,6 +456,30 @@ class AssociationProtocol(asyncio.Protocol):
         self._instance_command = command
         self._instance_context = context.context_id
         self._instance = self.handler.begin_instance(command, context)
+
+    def _unserved(self, command: dimse.Command, context_id: int) -> None:
+        """A request other than C-STORE and C-ECHO: answered "unrecognized operation" once its
+        dataset (if any) has been read and dropped; C-CANCEL gets no response (PS3.7 9.3.2.3)."""
+        name = dimse.REQUEST_NAMES.get(command.command_field)
+        if name is None:
+            self._abort(
+                pdu.ABORT_REASON_UNRECOGNIZED_PARAMETER, f"unknown DIMSE command field 0x{command.command_field:04x}"
+            )
+            return
+        response = dimse.failure_response(command, dimse.UNRECOGNIZED_OPERATION)
+        self._log.warning(
+            "%s not served: %s",
+            name,
+            "ignored (nothing to cancel)" if response is None else "answered 'unrecognized operation' (0x0211)",
+            extra={"sop_class": command.affected_sop_class or command.requested_sop_class},
+        )
+        if response is None:
+            self._discard_data = command.has_data_set
+        elif command.has_data_set:
+            self._discard_data = True
+            self._after_discard = (context_id, response)
+        else:
+            self._send_command(context_id, response)
 
     def _finish_instance(self) -> None:
         sink, self._instance = self._instance, None
@@ -547,6 +573,7 @@ class AssociationProtocol(asyncio.Protocol):
             self._close()
             return
         results, accepted = negotiate(req, self.config.policy)
+        warn_refused(req, results, self._log)
         self._send(
             pdu.encode_associate_ac(
                 req,

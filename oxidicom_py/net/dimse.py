@@ -12,6 +12,7 @@ _ELEMENT = struct.Struct("<HHL")
 
 # Command set element numbers (group 0000)
 AFFECTED_SOP_CLASS_UID = 0x0002
+REQUESTED_SOP_CLASS_UID = 0x0003
 COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 MESSAGE_ID_RESPONDED_TO = 0x0120
@@ -20,6 +21,7 @@ COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE_UID = 0x1000
+REQUESTED_SOP_INSTANCE_UID = 0x1001
 MOVE_ORIGINATOR_AE = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
 
@@ -27,15 +29,36 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_CANCEL_RQ = 0x0FFF
 NO_DATA_SET = 0x0101
+
+REQUEST_NAMES = {
+    0x0001: "C-STORE-RQ",
+    0x0010: "C-GET-RQ",
+    0x0020: "C-FIND-RQ",
+    0x0021: "C-MOVE-RQ",
+    0x0030: "C-ECHO-RQ",
+    0x0100: "N-EVENT-REPORT-RQ",
+    0x0110: "N-GET-RQ",
+    0x0120: "N-SET-RQ",
+    0x0130: "N-ACTION-RQ",
+    0x0140: "N-CREATE-RQ",
+    0x0150: "N-DELETE-RQ",
+    0x0FFF: "C-CANCEL-RQ",
+}
+"""Every DIMSE request of PS3.7 (section 9.3 and 10.3), by Command Field. Each but C-CANCEL has a
+response whose Command Field is the request's with bit 15 set (PS3.7 Annex E); C-CANCEL has none."""
 
 # Status codes (PS3.4 B.2.3, PS3.7 C)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 UNRECOGNIZED_OPERATION = 0x0211
 PROCESSING_FAILURE = 0x0110
 
+_UIDS = {AFFECTED_SOP_CLASS_UID, REQUESTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID, REQUESTED_SOP_INSTANCE_UID}
 _US = {COMMAND_FIELD, MESSAGE_ID, MESSAGE_ID_RESPONDED_TO, PRIORITY, COMMAND_DATA_SET_TYPE, STATUS}
 
 
@@ -51,6 +74,8 @@ class Command:
     affected_sop_class: str
     affected_sop_instance: str
     move_originator_ae: str = ""
+    requested_sop_class: str = ""
+    requested_sop_instance: str = ""
 
     @property
     def has_data_set(self) -> bool:
@@ -87,6 +112,8 @@ def decode_command(raw: bytes | bytearray) -> Command:
         affected_sop_class=text(AFFECTED_SOP_CLASS_UID),
         affected_sop_instance=text(AFFECTED_SOP_INSTANCE_UID),
         move_originator_ae=text(MOVE_ORIGINATOR_AE),
+        requested_sop_class=text(REQUESTED_SOP_CLASS_UID),
+        requested_sop_instance=text(REQUESTED_SOP_INSTANCE_UID),
     )
 
 
@@ -97,7 +124,7 @@ def _encode_value(elem: int, value: int | str) -> bytes:
     assert isinstance(value, str)
     raw = value.encode("ascii", "replace")
     if len(raw) % 2:
-        raw += b"\x00" if elem in (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID) else b" "
+        raw += b"\x00" if elem in _UIDS else b" "
     return raw
 
 
@@ -134,14 +161,25 @@ def echo_response(request: Command) -> bytes:
     )
 
 
-def failure_response(request: Command, status: int) -> bytes:
-    """Response to a request we do not serve (e.g. C-FIND sent to a storage SCP)."""
-    return encode_command(
-        {
-            AFFECTED_SOP_CLASS_UID: request.affected_sop_class,
-            COMMAND_FIELD: request.command_field | 0x8000,
-            MESSAGE_ID_RESPONDED_TO: request.message_id,
-            COMMAND_DATA_SET_TYPE: NO_DATA_SET,
-            STATUS: status,
-        }
-    )
+def failure_response(request: Command, status: int) -> bytes | None:
+    """The response to a request we do not serve (a C-FIND sent to a storage SCP, an N-SET, ...).
+
+    Its Command Field is the request's response (PS3.7 Annex E); the N-services' Requested SOP
+    Class/Instance UIDs come back as the Affected ones. None for a request without a response
+    (C-CANCEL-RQ) or a Command Field DIMSE does not define: nothing may be invented for those.
+    """
+    if request.command_field not in REQUEST_NAMES or request.command_field == C_CANCEL_RQ:
+        return None
+    elements: dict[int, int | str] = {
+        COMMAND_FIELD: request.command_field | 0x8000,
+        MESSAGE_ID_RESPONDED_TO: request.message_id,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+        STATUS: status,
+    }
+    sop_class = request.affected_sop_class or request.requested_sop_class
+    sop_instance = request.affected_sop_instance or request.requested_sop_instance
+    if sop_class:
+        elements[AFFECTED_SOP_CLASS_UID] = sop_class
+    if sop_instance and request.command_field >= 0x0100:  # N-services name the instance
+        elements[AFFECTED_SOP_INSTANCE_UID] = sop_instance
+    return encode_command(elements)
