@@ -14,9 +14,11 @@ from pydicom.charset import convert_encodings, decode_bytes
 
 from oxidicom_py.storage.naming import (
     MAX_COMPONENT_BYTES,
+    MAX_CONFORMING_FILE_NAME,
     RUST_WHITESPACE,
     assert_safe_relative,
     first_value,
+    fitted_instance_path,
     instance_path,
     pad_number,
     sanitize,
@@ -28,6 +30,7 @@ from oxidicom_py.storage.naming import (
 SAG_SERIES_UID = "1.3.12.2.1107.5.2.19.45152.2013030808061520200285270.0.0.0"
 STRUCTURAL_SERIES_UID = "1.2.826.0.1.3680043.2.1143.515404396022363061013111326823367652"
 AET = "OXITESTORTHANC"
+FNAME = 512  # CUBE's pacsfiles_pacsfile.fname
 
 KEYWORDS = (
     "PatientID",
@@ -481,6 +484,79 @@ def test_all_576_reference_paths(sample_tree: Path) -> None:
     assert len(expected) == len(set(expected)) == 576
     dicom_files = [p for p in sorted(sample_tree.rglob("*")) if p.is_file() and is_dicom_file(p)]
     assert len(dicom_files) == 576
-    computed = [instance_path(AET, read_tags(p)) for p in dicom_files]
+    tags = [read_tags(p) for p in dicom_files]
+    computed = [instance_path(AET, t) for t in tags]
     assert len(set(computed)) == len(computed)
     assert set(computed) == set(expected)
+    # what the receiver uses: the same paths, none of them shortened
+    assert [fitted_instance_path(AET, t, FNAME) for t in tags] == [(c, False) for c in computed]
+
+
+# -- shortening a path to fit fname (512 characters) ---------------------------------------
+
+_DESCRIPTIVE = ("PatientName", "PatientBirthDate", "StudyDescription", "AccessionNumber", "SeriesDescription")
+
+
+def _long_tags(lengths: Mapping[str, int], sop: str = "1.2.3.4.5", instance: str = "7") -> dict[str, str | None]:
+    tags: dict[str, str | None] = {
+        "PatientID": "PID",
+        "StudyDate": "20240102",
+        "SeriesInstanceUID": "1.2.3.9",
+        "SOPInstanceUID": sop,
+        "InstanceNumber": instance,
+        "SeriesNumber": "3",
+    }
+    for keyword, n in lengths.items():
+        tags[keyword] = ("7" if keyword in ("SeriesNumber", "InstanceNumber") else keyword[0]) * n
+    return tags
+
+
+def test_long_descriptions_are_cut_to_one_common_length() -> None:
+    """Before: refused with "storage path of 625 characters, over the 512 of fname"."""
+    tags = _long_tags({"PatientName": 200, "StudyDescription": 220, "SeriesDescription": 200})
+    full = instance_path(AET, tags)
+    assert len(full) > FNAME
+    path, shortened = fitted_instance_path(AET, tags, FNAME)
+    assert shortened and len(path) <= FNAME
+    parts = path.split("/")
+    assert parts[-1] == "0007-1.2.3.4.5.dcm"  # the file name is never cut
+    assert parts[-2].endswith("-" + series_hash("1.2.3.9"))  # nor the series hash
+    assert parts[3].startswith("PID-") and parts[4].endswith("-20240102")
+    cut = len(parts[3]) - len("PID--")  # PatientName's share (no birth date here)
+    assert parts[4] == "S" * cut + "-AccessionNumber-20240102"
+    assert parts[5] == f"00003-{'S' * cut}-{series_hash('1.2.3.9')}"
+    # the largest common cut: one more character in each of the three values would leave no room
+    # for the longest conforming file name
+    assert len(path) - len(parts[-1]) + MAX_CONFORMING_FILE_NAME <= FNAME
+    assert len(path) - len(parts[-1]) + MAX_CONFORMING_FILE_NAME + 3 > FNAME
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from((*_DESCRIPTIVE, "PatientID", "SeriesNumber")), st.integers(0, 400)),
+    st.text("AB.", min_size=1, max_size=16),
+    st.lists(st.tuples(st.integers(1, 64), st.integers(0, 12)), min_size=1, max_size=4),
+)
+def test_a_shortened_path_fits_keeps_its_identity_and_one_folder_per_series(
+    lengths: dict[str, int], aet: str, instances: list[tuple[int, int]]
+) -> None:
+    """Every instance of a series gets the same folder whatever its SOP Instance UID's and
+    InstanceNumber's length; a path that fits already is left exactly as it is; a shortened
+    one fits, unless an identifying value is longer than its VR allows."""
+    if lengths.get("PatientID") == 0:
+        return  # a missing required tag: refused before any path is built
+    folders = set()
+    for uid_length, number_length in instances:
+        sop = ("1." + "2" * uid_length)[:uid_length]
+        tags = _long_tags(lengths, sop=sop, instance="7" * number_length if number_length else "")
+        full = instance_path(aet, tags)
+        path, shortened = fitted_instance_path(aet, tags, FNAME)
+        assert path.rsplit("/", 1)[-1] == full.rsplit("/", 1)[-1]
+        assert path.rsplit("/", 2)[-2].endswith("-" + series_hash("1.2.3.9"))
+        if not shortened:
+            assert path == full
+        identifying_conforms = lengths.get("PatientID", 3) <= 64 and lengths.get("SeriesNumber", 1) <= 12
+        if identifying_conforms:
+            assert len(path) <= FNAME, (len(path), lengths)
+        folders.add(path.rsplit("/", 1)[0])
+    assert len(folders) == 1

@@ -29,8 +29,6 @@ import psycopg
 import pydicom
 import pytest
 from harness import InProcessReceiver, RawScu, wait_until
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from peers import ServeProcess
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -41,8 +39,8 @@ from oxidicom_py.registry.registrar import Registrar, RowRejectedError
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.registry.schema import COLUMN_LIMITS, ensure_schema
 from oxidicom_py.storage import header
-from oxidicom_py.storage.ingest import FNAME_MAX, check_required, make_row, values_with_pydicom
-from oxidicom_py.storage.naming import first_value, instance_path
+from oxidicom_py.storage.ingest import make_row, values_with_pydicom
+from oxidicom_py.storage.naming import first_value
 from oxidicom_py.storage.part10 import file_header
 from oxidicom_py.storage.patient_age import parse_patient_age
 
@@ -258,7 +256,19 @@ CASES: list[Case] = [
             "ProtocolName": fitted("ProtocolName", "p"),
         },
     ),
-    Case("storage path longer than fname", LONG_PATH, refused=True),
+    Case("storage path longer than fname: identifying values too long to cut", LONG_PATH, refused=True),
+    Case(
+        "long descriptions: stored under a shortened path",
+        {
+            PATIENT_NAME: ("PN", b"N" * 200),
+            STUDY_DESCRIPTION: ("LO", over("StudyDescription", "S")),
+            SERIES_DESCRIPTION: ("LO", over("SeriesDescription", "D")),
+        },
+        row={
+            "StudyDescription": fitted("StudyDescription", "S"),
+            "SeriesDescription": fitted("SeriesDescription", "D"),
+        },
+    ),
     Case(
         "UIDs longer than their columns",
         {STUDY_UID: ("UI", b"1." + b"2" * 150), SERIES_UID: ("UI", b"1." + b"3" * 150)},
@@ -641,37 +651,6 @@ def _path_values(lengths: dict[str, int]) -> dict[str, str | None]:
     for keyword, n in lengths.items():
         values[keyword] = "7" * n if keyword in ("SeriesNumber", "InstanceNumber") else "x" * n
     return {k: first_value(v) for k, v in values.items()}
-
-
-_PATH_KEYWORDS = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "StudyDescription",
-    "AccessionNumber",
-    "SeriesDescription",
-    "SeriesNumber",
-    "InstanceNumber",
-    "SOPInstanceUID",
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(_PATH_KEYWORDS), st.integers(0, 400)), st.text("AB.", min_size=1, max_size=16))
-def test_check_required_refuses_exactly_the_paths_longer_than_fname(lengths: dict[str, int], aet: str) -> None:
-    """Before: the path went in, and the registry cut the row's fname to 512 characters (a row
-    naming no file; two such instances would share one row)."""
-    values = _path_values(lengths)
-    if not values["PatientID"] or not values["SOPInstanceUID"]:
-        return  # refused as missing: not what this test is about
-    problem, study_date = check_required(values, aet)
-    length = len(instance_path(aet, values))
-    assert (problem is None) == (length <= FNAME_MAX), (problem, length)
-    assert (study_date is None) == (problem is not None)
-    if problem is not None:
-        assert problem == f"storage path of {length} characters, over the {FNAME_MAX} of fname"
-        # without the AE title the longest one (16 characters) is assumed
-        assert check_required(values)[0] is not None
 
 
 def test_make_row_fits_the_series_key_to_its_columns() -> None:

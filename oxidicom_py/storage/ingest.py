@@ -31,7 +31,7 @@ from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.registry.schema import COLUMN_LIMITS
 from oxidicom_py.storage import header
 from oxidicom_py.storage.dates import parse_study_date
-from oxidicom_py.storage.naming import first_value, instance_path, tts
+from oxidicom_py.storage.naming import first_value, fitted_instance_path, instance_path, tts
 from oxidicom_py.storage.part10 import file_header
 from oxidicom_py.storage.patient_age import parse_patient_age
 from oxidicom_py.storage.writer import FilesRoot, StagedFile
@@ -197,7 +197,18 @@ class AssociationStore:
 
 
 class IncomingInstance:
-    __slots__ = ("_implicit", "_little", "_prefix", "_raw", "command", "context", "error", "staged", "store")
+    __slots__ = (
+        "_implicit",
+        "_little",
+        "_prefix",
+        "_raw",
+        "command",
+        "context",
+        "error",
+        "refusal",
+        "staged",
+        "store",
+    )
 
     def __init__(self, store: AssociationStore, command: dimse.Command, context: AcceptedContext) -> None:
         self.store = store
@@ -208,10 +219,15 @@ class IncomingInstance:
         self._raw: dict[str, bytes] | None = None
         self.error: str | None = None
         self.staged: StagedFile | None = None
+        self.refusal = command_refusal(command, context)
+        """A failure status for a command at odds with its context: its dataset is read and dropped."""
+        if self.refusal is not None:
+            self._prefix = None
+            return
         try:
             self.staged = store.ingest.files.stage(
                 file_header(
-                    command.affected_sop_class or context.abstract_syntax,
+                    command.affected_sop_class,
                     command.affected_sop_instance,
                     context.transfer_syntax,
                     store.info.calling_ae,
@@ -228,7 +244,7 @@ class IncomingInstance:
             self.staged = None
 
     def write(self, data: memoryview) -> None:
-        if self.error is not None:
+        if self.error is not None or self.refusal is not None:
             return
         assert self.staged is not None
         try:
@@ -266,6 +282,8 @@ class IncomingInstance:
 
     def finish(self) -> StoreResult | Awaitable[StoreResult]:
         counts = self.store.counts
+        if self.refusal is not None:
+            return self._reject(*self.refusal)
         if self.error is not None or self.staged is None:
             return self._failed()
         staged = self.staged
@@ -279,15 +297,30 @@ class IncomingInstance:
                 self._raw = None
         self._prefix = None
         values = self._values()
-        problem, study_date = check_required(values, self.store.info.calling_ae)
+        problem, study_date = check_required(values)
         if problem is not None:
             return self._reject(problem)
         assert study_date is not None
+        mismatch = dataset_mismatch(self.command, values)
+        if mismatch is not None:
+            return self._reject(*mismatch)
         aet = self.store.info.calling_ae
         try:
-            path = instance_path(aet, values)
+            path, shortened = fitted_instance_path(aet, values, FNAME_MAX)
         except ValueError as e:
             return self._reject(f"no safe storage path: {e}")
+        if len(path) > FNAME_MAX:
+            return self._reject(f"storage path of {len(path)} characters, over the {FNAME_MAX} of fname")
+        if shortened:
+            self.store.log.warning(
+                "storage path shortened to fit fname: descriptive values cut",
+                extra={
+                    "sop_instance": self.command.affected_sop_instance,
+                    "file": path.rsplit("/", 1)[-1],
+                    "length": len(path),
+                    "unshortened_length": len(instance_path(aet, values)),
+                },
+            )
         row = make_row(path, aet, values, study_date, self.store.info.ulid)
         if self.store.series is not None:
             self.store.series.attempted(row)
@@ -335,7 +368,7 @@ class IncomingInstance:
             decoded = values_with_pydicom(self.staged.path if self.staged else None)
         return {k: first_value(v) for k, v in decoded.items()}
 
-    def _reject(self, problem: str) -> StoreResult:
+    def _reject(self, problem: str, status: int = dimse.CANNOT_UNDERSTAND) -> StoreResult:
         counts = self.store.counts
         counts.rejected += 1
         self.store.m_rejected.inc()
@@ -344,24 +377,14 @@ class IncomingInstance:
             "instance rejected: %s", problem, extra={"sop_instance": self.command.affected_sop_instance}
         )
         self._fail(problem)
-        return StoreResult(dimse.CANNOT_UNDERSTAND, problem[:64])
+        return StoreResult(status, problem[:64])
 
 
 FNAME_MAX = COLUMN_LIMITS["fname"]
-_PATH_OVERHEAD = 160
-"""More than the storage path adds to the values it is built from: fixed text, separators,
-placeholders of absent values, zero padding, the hash and the longest AE title (16)."""
 
 
-def check_required(values: dict[str, str | None], aet: str | None = None) -> tuple[str | None, dt.date | None]:
-    """A reason to refuse the instance (or None) and its StudyDate.
-
-    Besides the required tags, the storage path must fit CUBE's ``fname`` column: a longer one
-    could only be registered truncated, pointing at no file (and two such instances would share
-    one row). Each path component is capped at 255 characters by naming, but five components
-    of hostile lengths still add up to over 1,000. The AE title is the longest possible (16)
-    unless ``aet`` is given.
-    """
+def check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:
+    """A reason to refuse the instance (or None) and its StudyDate."""
     for keyword in REQUIRED:
         if not tts(values.get(keyword)):
             return f"missing required tag {keyword}", None
@@ -369,14 +392,30 @@ def check_required(values: dict[str, str | None], aet: str | None = None) -> tup
     study_date = parse_study_date(raw_date)
     if study_date is None:
         return f"invalid StudyDate {raw_date!r}", None
-    if sum(len(v) for v in values.values() if v) + _PATH_OVERHEAD > FNAME_MAX:  # else it cannot be too long
-        try:
-            length = len(instance_path("A" * 16 if aet is None else aet, values))
-        except ValueError:
-            length = 0  # no safe path at all: the caller refuses it with the reason
-        if length > FNAME_MAX:
-            return f"storage path of {length} characters, over the {FNAME_MAX} of fname", None
     return None, study_date
+
+
+def command_refusal(command: dimse.Command, context: AcceptedContext) -> tuple[str, int] | None:
+    """Why a C-STORE-RQ must be refused before its dataset is looked at (PS3.7 9.3.1.1: its
+    Affected SOP Class UID is the abstract syntax of the presentation context it came on)."""
+    if not command.affected_sop_instance:
+        return "C-STORE-RQ without Affected SOP Instance UID", dimse.CANNOT_UNDERSTAND
+    if command.affected_sop_class != context.abstract_syntax:
+        return "Affected SOP Class UID is not the context's", dimse.CANNOT_UNDERSTAND
+    return None
+
+
+def dataset_mismatch(command: dimse.Command, values: dict[str, str | None]) -> tuple[str, int] | None:
+    """Why the dataset is not the instance its C-STORE-RQ announced (PS3.4 B.2.3), or None.
+
+    The file meta is built from the command's UIDs, so after this check it always agrees with
+    the dataset. A dataset without SOPClassUID is taken as of the announced class."""
+    sop_class = tts(values.get("SOPClassUID"))
+    if sop_class and sop_class != command.affected_sop_class:
+        return "Data Set does not match SOP Class", dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    if tts(values.get("SOPInstanceUID")) != command.affected_sop_instance:
+        return "Affected SOP Instance UID is not the dataset's", dimse.CANNOT_UNDERSTAND
+    return None
 
 
 def make_row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date, ulid: str) -> PacsFileRow:

@@ -48,6 +48,7 @@ __all__ = [
     "MissingRequiredTagError",
     "assert_safe_relative",
     "first_value",
+    "fitted_instance_path",
     "instance_path",
     "pad_number",
     "rust_trim",
@@ -185,41 +186,82 @@ def instance_path(aet: str, tags: Mapping[str, str | None]) -> str:
     ``ValueError``, otherwise). See the module docstring for the safety and
     truncation rules.
     """
+    path = _folders(aet, tags, None) + "/" + _file_name(tags)
+    assert_safe_relative(path)
+    return path
+
+
+#: The longest file name a conforming instance has: an InstanceNumber (IS, 12 characters),
+#: ``-``, a SOPInstanceUID (UI, 64) and ``.dcm``.
+MAX_CONFORMING_FILE_NAME = 12 + 1 + 64 + len(_EXTENSION)
+
+#: Values that only describe (never identify) an instance: cut when a path is too long.
+DESCRIPTIVE = ("PatientName", "PatientBirthDate", "StudyDescription", "AccessionNumber", "SeriesDescription")
+
+
+def fitted_instance_path(aet: str, tags: Mapping[str, str | None], max_length: int) -> tuple[str, bool]:
+    """:func:`instance_path`, shortened to fit ``max_length`` characters; and whether it was.
+
+    The rule depends on the series only, so that every instance of a series lands in one folder:
+    when the series folder plus :data:`MAX_CONFORMING_FILE_NAME` (and a ``/``) is longer than
+    ``max_length``, the :data:`DESCRIPTIVE` values (sanitised) are all cut to one common length,
+    the largest that makes it fit. PatientID, StudyDate, the numbers, the series hash and the
+    SOP Instance UID are never cut, so paths stay unique. The result can still be longer than
+    ``max_length`` (identifying values longer than their VR allows): the caller refuses it.
+    """
+    folders = _folders(aet, tags, None)
+    file_name = _file_name(tags)
+    shortened = len(folders) + 1 + MAX_CONFORMING_FILE_NAME > max_length
+    if shortened:
+        longest = max((len(_optional(tags, k, "")) for k in DESCRIPTIVE), default=0)
+        low, high = 0, longest  # the largest cut in [low, high] that fits; 0 if none does
+        while low < high:
+            mid = (low + high + 1) // 2
+            if len(_folders(aet, tags, mid)) + 1 + MAX_CONFORMING_FILE_NAME <= max_length:
+                low = mid
+            else:
+                high = mid - 1
+        folders = _folders(aet, tags, low)
+    path = folders + "/" + file_name
+    assert_safe_relative(path)
+    return path, shortened
+
+
+def _folders(aet: str, tags: Mapping[str, str | None], cut: int | None) -> str:
+    """The series folder; every descriptive value cut to ``cut`` characters when given."""
+
+    def described(keyword: str, missing: str) -> str:
+        value = _optional(tags, keyword, missing)
+        return value if cut is None or tts(tags.get(keyword)) is None else value[:cut]
+
     patient = "-".join(
         (
             sanitize(_required(tags, "PatientID")),
-            _optional(tags, "PatientName", ""),
-            _optional(tags, "PatientBirthDate", ""),
+            described("PatientName", ""),
+            described("PatientBirthDate", ""),
         )
     )
     study = "-".join(
         (
-            _optional(tags, "StudyDescription", "StudyDescription"),
-            _optional(tags, "AccessionNumber", "AccessionNumber"),
+            described("StudyDescription", "StudyDescription"),
+            described("AccessionNumber", "AccessionNumber"),
             sanitize(_required(tags, "StudyDate")),
         )
     )
     series_head = "-".join(
         (
             pad_number(tags.get("SeriesNumber"), 5, "SeriesNumber"),
-            _optional(tags, "SeriesDescription", "SeriesDescription"),
+            described("SeriesDescription", "SeriesDescription"),
         )
     )
     hash7 = series_hash(_required(tags, "SeriesInstanceUID"))
+    return "/".join((_PREFIX, _fit(sanitize(aet)), _fit(patient), _fit(study), _fit(series_head, "-" + hash7)))
+
+
+def _file_name(tags: Mapping[str, str | None]) -> str:
     instance_number = pad_number(tags.get("InstanceNumber"), 4, "InstanceNumber")
     sop_instance_uid = sanitize(_required(tags, "SOPInstanceUID"))
-    path = "/".join(
-        (
-            _PREFIX,
-            _fit(sanitize(aet)),
-            _fit(patient),
-            _fit(study),
-            _fit(series_head, "-" + hash7),
-            _fit(instance_number, "-" + sop_instance_uid, _EXTENSION),
-        )
-    )
-    assert_safe_relative(path)
-    return path
+    return _fit(instance_number, "-" + sop_instance_uid, _EXTENSION)
 
 
 def series_dir(aet: str, tags: Mapping[str, str | None]) -> str:
