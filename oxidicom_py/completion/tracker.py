@@ -30,6 +30,7 @@ from oxidicom_py.completion import progress
 from oxidicom_py.completion.cfind import SeriesCount, query_series_count
 from oxidicom_py.completion.progress import MARKER_PACS
 from oxidicom_py.net.association import AssociationInfo
+from oxidicom_py.net.once import OncePer
 from oxidicom_py.registry.registrar import Extra, Registrar
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.storage.writer import FilesRoot
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
 log = logging.getLogger("oxidicom_py.completion")
+_unaddressed_logged = OncePer()
+"""Calling AE titles without an OXIDICOM_PACS_ADDRESS entry already warned about."""
 
 NUMBER_OF_SERIES_RELATED_INSTANCES = "NumberOfSeriesRelatedInstances"
 ATTEMPTED_PUSH_COUNT = "OxidicomAttemptedPushCount"
@@ -126,8 +129,12 @@ class AssociationSeries:
         self.series: dict[str, _Series] = {}
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
         self.address = tracker.cfind.pacs_address.get(info.calling_ae)
-        if self.address is None:
-            self.log.warning("OXIDICOM_PACS_ADDRESS has no entry for this calling AE title: counts are unknown")
+
+    def _no_address(self) -> None:
+        """Said once per calling AE title at warning level (then at debug): every association of
+        that PACS would repeat it, and echo-only associations have no series to count."""
+        level = logging.WARNING if _unaddressed_logged.first(self.info.calling_ae) else logging.DEBUG
+        self.log.log(level, "OXIDICOM_PACS_ADDRESS has no entry for this calling AE title: counts are unknown")
 
     def attempted(self, row: PacsFileRow) -> None:
         """An instance of this association passed validation (it counts in the push count)."""
@@ -143,6 +150,8 @@ class AssociationSeries:
                 row.StudyDate,
             )
             self.series[folder] = s
+            if self.address is None:
+                self._no_address()
             s.count_task = self.tracker.spawn(self._number_of_series_related_instances(s))
         s.attempted += 1
 
