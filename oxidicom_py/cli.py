@@ -85,6 +85,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     log = logging.getLogger("oxidicom_py.worker")
     tracing.configure({"oxidicom.role": "worker", "oxidicom.worker": args.index})
     from oxidicom_py import service
+    from oxidicom_py.net.slots import SharedAssociationSlots
 
     sock = socket.socket(fileno=args.listen_fd)
     sock.setblocking(False)
@@ -100,6 +101,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 sock,
                 db_pool=args.db_pool,
                 max_associations=args.max_associations,
+                slots=SharedAssociationSlots(args.slots_fd, args.index, args.workers, args.max_associations)
+                if args.slots_fd >= 0
+                else None,
                 on_ready=ready,
             )
         )
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--db-pool", type=int, required=True)
     worker.add_argument("--max-associations", type=int, required=True)
+    worker.add_argument("--slots-fd", type=int, default=-1, help="shared association slots (see net/slots.py)")
+    worker.add_argument("--workers", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
     from oxidicom_py.completion import watch
 

@@ -28,6 +28,7 @@ from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
+from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.embedded import EmbeddedPostgres
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
@@ -140,9 +141,16 @@ class Worker:
 
 
 async def start_worker(
-    settings: Settings, db_uri: str, sock: socket.socket, *, db_pool: int, max_associations: int
+    settings: Settings,
+    db_uri: str,
+    sock: socket.socket,
+    *,
+    db_pool: int,
+    max_associations: int,
+    slots: SharedAssociationSlots | None = None,
 ) -> Worker:
-    """Registrar, storage and listener of one process, accepting on ``sock``."""
+    """Registrar, storage and listener of one process, accepting on ``sock``. ``slots``: the
+    association limit shared with the other workers (else ``max_associations`` of this one)."""
     ssl_context = tls.server_context(settings)  # first: a bad certificate leaves nothing half-started
     pool = make_pool(db_uri, db_pool)
     await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
@@ -186,12 +194,15 @@ async def start_worker(
     )
     listener: Listener | PynetdicomListener
     if settings.scp_implementation == "pynetdicom":
-        listener = PynetdicomListener(config, ingest.association, max_associations=max_associations)
+        # pynetdicom counts its own associations: the limit is divided between the workers
+        share = max_associations if slots is None else max(1, -(-max_associations // slots.workers))
+        listener = PynetdicomListener(config, ingest.association, max_associations=share)
     else:
         listener = Listener(
             config,
             ingest.association,
             max_associations=max_associations,
+            slots=slots,
             overloaded=_backlog_check(registrar, settings.db_max_pending),
         )
     address = await listener.start_on(sock, ssl=ssl_context)
@@ -322,12 +333,13 @@ async def run_worker_until_signalled(
     max_associations: int,
     on_ready: Callable[[Worker], None],
     reconcile: bool = False,
+    slots: SharedAssociationSlots | None = None,
 ) -> bool:
     """``reconcile``: also register stored files the database lacks (the single-process mode;
     with a pool of workers the supervisor does it)."""
     stop = asyncio.Event()
     on_stop_signal(stop.set)
-    worker = await start_worker(settings, db_uri, sock, db_pool=db_pool, max_associations=max_associations)
+    worker = await start_worker(settings, db_uri, sock, db_pool=db_pool, max_associations=max_associations, slots=slots)
     _freeze_start_up_objects()
     reconciler = Reconciler(worker.ingest.files.root, worker.pool, worker.registrar) if reconcile else None
     if reconciler is not None:

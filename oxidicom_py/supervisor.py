@@ -20,6 +20,7 @@ import sys
 import time
 
 from oxidicom_py.completion.progress import count_inserted, lock_series
+from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.service import (
@@ -46,7 +47,8 @@ class Supervisor:
         self.settings = settings
         self.n = settings.listener_processes
         self.db_pool = max(1, settings.db_pool // self.n)
-        self.max_associations = max(1, -(-settings.listener_threads // self.n))
+        self.max_associations = settings.listener_threads  # a total over the workers (net/slots.py)
+        self.slots_fd = SharedAssociationSlots.create(self.n)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.restarts = 0
@@ -155,8 +157,12 @@ class Supervisor:
             str(self.db_pool),
             "--max-associations",
             str(self.max_associations),
+            "--slots-fd",
+            str(self.slots_fd),
+            "--workers",
+            str(self.n),
         ]
-        proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(listen_fd, ready_fd))
+        proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(listen_fd, ready_fd, self.slots_fd))
         self.procs[slot] = proc
         log.info("worker started", extra={"worker": slot, "pid": proc.pid})
 
@@ -174,6 +180,7 @@ class Supervisor:
                 return
             self.restarts += 1
             metrics.WORKER_RESTARTS.inc()
+            SharedAssociationSlots.reset(self.slots_fd, slot)  # its associations died with it
             removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=proc.pid)
             log.error(
                 "worker died; starting a new one",

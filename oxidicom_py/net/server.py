@@ -10,35 +10,44 @@ from collections.abc import Callable
 
 from oxidicom_py.net import pdu, tls
 from oxidicom_py.net.association import AcceptorConfig, AssociationHandler, AssociationInfo, AssociationProtocol
+from oxidicom_py.net.slots import AssociationSlots
 
 log = logging.getLogger("oxidicom_py.net")
 
 
 class Listener:
-    """Accepts associations up to ``max_associations`` at once; beyond that, A-ASSOCIATE-RJ
-    (transient, local limit exceeded) so the sender knows to retry later."""
+    """Accepts associations while a slot is free (``max_associations`` in this process, or
+    ``slots`` shared with the other workers); beyond that, A-ASSOCIATE-RJ (transient, local
+    limit exceeded) so the sender knows to retry later."""
 
     def __init__(
         self,
         config: AcceptorConfig,
         on_established: Callable[[AssociationInfo], AssociationHandler],
         *,
-        max_associations: int,
+        max_associations: int = 0,
+        slots: AssociationSlots | None = None,
         overloaded: Callable[[], str | None] | None = None,
     ) -> None:
         """``overloaded``: returns why new associations should wait (e.g. a registration
         backlog while the database is away), or None."""
         self.config = config
         self._on_established = on_established
-        self.max_associations = max_associations
+        self.slots = slots if slots is not None else AssociationSlots(max_associations)
         self._overloaded = overloaded
         self._overload_reason: str | None = None
-        self.established = 0
         self.server: asyncio.AbstractServer | None = None
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
-        if self.established >= self.max_associations:
-            return (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+        """Refuse while overloaded or without a free slot; a slot taken here is given back when
+        the association closes (:class:`_Counted`): nothing between admission and establishment
+        can fail."""
+        refusal = self._overload_refusal()
+        if refusal is None and not self.slots.try_acquire():
+            refusal = (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+        return refusal
+
+    def _overload_refusal(self) -> tuple[int, int, int] | None:
         if self._overloaded is not None:
             reason = self._overloaded()
             if reason != self._overload_reason:  # log each change, not each refusal
@@ -52,7 +61,6 @@ class Listener:
         return None
 
     def _established(self, info: AssociationInfo) -> AssociationHandler:
-        self.established += 1
         return _Counted(self, self._on_established(info))
 
     def _protocol(self) -> AssociationProtocol:
@@ -120,5 +128,5 @@ class _Counted:
         self.begin_instance = handler.begin_instance  # no extra call per instance
 
     def closed(self, outcome: str) -> None:
-        self.listener.established -= 1
+        self.listener.slots.release()
         self.handler.closed(outcome)
