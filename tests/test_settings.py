@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,18 @@ def test_serve_stops_with_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert lines == ["oxidicom-py: configuration error: OXIDICOM_DB_POOL: expected an integer, got 'many'"]
 
 
-def test_the_readme_documents_every_setting() -> None:
+def test_the_readme_configuration_table_is_the_declarations() -> None:
+    """The README's table is made from the one declaration of each variable: a setting added,
+    renamed or re-documented in settings.py without regenerating the README fails here."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    missing = [name for name in settings.DOCUMENTED if f"| `{name}` |" not in readme]
-    assert missing == []
+    start = readme.index("<!-- settings:")
+    block = readme[readme.index("\n", start) + 1 : readme.index("<!-- end settings -->")]
+    assert block == settings.readme_table(), "out of date: run scripts/readme_settings.py"
+    assert [f"| `{name}` |" in block for name in settings.DOCUMENTED] == [True] * len(settings.DOCUMENTED)
+
+
+def test_every_field_of_settings_is_a_declared_variable() -> None:
+    names = [f.metadata.get("env") for f in dataclasses.fields(settings.Settings)]
+    assert all(name and name.startswith("OXIDICOM_") for name in names)
+    assert len(set(names)) == len(names)
+    assert settings.unknown_variables(dict.fromkeys(names, "")) == []
