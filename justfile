@@ -1,5 +1,9 @@
 # Developer shortcuts (just is installed into .venv by `./test.sh`: `.venv/bin/just <target>`).
 
+# with no recipe: the Orthanc-backed integration tests (real Orthanc, DCMTK, PostgreSQL), as oxidicom's justfile does
+integration *ARGS:
+    ./test.sh -m integration {{ARGS}}
+
 # start the receiver on the embedded defaults
 serve:
     ./start.sh

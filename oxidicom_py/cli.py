@@ -57,6 +57,9 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:  # found while starting (e.g. a TLS key that does not fit)
         print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
         return 2
+    except service.StartupError as e:
+        log.critical("start-up failed: %s", e)
+        return 1
     except Exception as e:
         log.critical("start-up failed: %s", e, exc_info=True)
         return 1
@@ -114,12 +117,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0 if clean else 1
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("oxidicom_py")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oxidicom-py", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,watch}")
     serve = sub.add_parser("serve", help="receive DICOM (C-STORE, C-ECHO); configured by OXIDICOM_* variables")
     serve.set_defaults(func=cmd_serve)
-    worker = sub.add_parser("worker", help=argparse.SUPPRESS)
+    worker = sub.add_parser("worker")  # internal: started by the supervisor; not listed in --help
     worker.add_argument("--listen-fd", type=int, required=True)
     worker.add_argument("--ready-fd", type=int, required=True)
     worker.add_argument("--index", type=int, required=True)

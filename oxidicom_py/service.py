@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.completion import progress
@@ -81,6 +82,7 @@ async def prepare(settings: Settings) -> Prepared:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
     try:
+        await check_database(uri, "the embedded database" if embedded is not None else "OXIDICOM_DB_CONNECTION")
         pool = make_pool(uri, 1)
         await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
         try:
@@ -104,6 +106,24 @@ async def prepare(settings: Settings) -> Prepared:
         },
     )
     return Prepared(uri, embedded)
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot go on; the message is the one line to print (it names the setting)."""
+
+
+async def check_database(uri: str, name: str) -> None:
+    """One connection, bounded by DB_CONNECT_TIMEOUT: an unreachable database is one line naming
+    ``name`` and the reason, not a pool retrying in silence and a traceback."""
+    try:
+        conn = await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(uri, connect_timeout=int(DB_CONNECT_TIMEOUT)), DB_CONNECT_TIMEOUT
+        )
+    except (psycopg.Error, OSError, TimeoutError) as e:
+        lines = str(e).strip().splitlines()
+        reason = lines[0] if lines else type(e).__name__
+        raise StartupError(f"{name}: cannot connect to the database: {reason}") from None
+    await conn.close()
 
 
 def make_pool(uri: str, size: int) -> AsyncConnectionPool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +147,35 @@ def test_every_field_of_settings_is_a_declared_variable() -> None:
     assert all(name and name.startswith("OXIDICOM_") for name in names)
     assert len(set(names)) == len(names)
     assert settings.unknown_variables(dict.fromkeys(names, "")) == []
+
+
+def test_an_unreachable_database_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    """Before: the pool retried in silence for 30 s, then a traceback."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "oxidicom_py", "serve"],
+        env={
+            "OXIDICOM_DB_CONNECTION": f"postgresql://oxi@127.0.0.1:{port}/db",
+            "OXIDICOM_LISTENER_PROCESSES": "1",
+            "OXIDICOM_LISTENER_ADDRESS": "127.0.0.1",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    critical = [json.loads(line) for line in proc.stderr.splitlines() if '"critical"' in line]
+    assert len(critical) == 1 and "exception" not in critical[0], proc.stderr
+    assert critical[0]["msg"].startswith("start-up failed: OXIDICOM_DB_CONNECTION: cannot connect to the database: ")
+    assert "Connection refused" in critical[0]["msg"]
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run([sys.executable, "-m", "oxidicom_py", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("oxidicom-py 0.")
+    helptext = subprocess.run([sys.executable, "-m", "oxidicom_py", "--help"], capture_output=True, text=True).stdout
+    assert "SUPPRESS" not in helptext and "worker" not in helptext and "serve" in helptext
