@@ -1,6 +1,6 @@
 """Rewrite the README's configuration table from the declarations in oxidicom_py/settings.py.
 
-    .venv/bin/python scripts/readme_settings.py
+.venv/bin/python scripts/readme_settings.py
 """
 
 from __future__ import annotations

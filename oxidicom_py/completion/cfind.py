@@ -52,6 +52,8 @@ from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.status import code_to_category
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from oxidicom_py.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
 log = logging.getLogger("oxidicom_py.completion")
 
 # pynetdicom logs every association step at INFO; keep its errors only (unless someone chose a level).
@@ -503,6 +505,8 @@ class _SCU(AE):
     def __init__(self, query: _Query, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
         self._query = query
+        self.implementation_class_uid = IMPLEMENTATION_CLASS_UID  # ours, not pynetdicom's
+        self.implementation_version_name = IMPLEMENTATION_VERSION_NAME
 
     def _create_socket(self, assoc: Association, address: AddressInformation, tls_args: Any) -> AssociationSocket:
         self._query.assoc = assoc

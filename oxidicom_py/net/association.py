@@ -20,6 +20,7 @@ from typing import Protocol
 from ulid import ULID
 
 from oxidicom_py.net import dimse, pdu
+from oxidicom_py.net.contexts import APPLICATION_CONTEXT
 from oxidicom_py.net.negotiation import AcceptancePolicy, AcceptedContext, negotiate, warn_refused
 from oxidicom_py.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from oxidicom_py.telemetry import metrics
@@ -557,7 +558,7 @@ class AssociationProtocol(asyncio.Protocol):
         refusal: tuple[int, int, int] | None = None
         if not req.protocol_version & 0x0001:
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_ACSE, pdu.RJ_ACSE_PROTOCOL_VERSION_NOT_SUPPORTED)
-        elif req.application_context != "1.2.840.10008.3.1.1.1":
+        elif req.application_context != APPLICATION_CONTEXT:
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_APP_CONTEXT_NOT_SUPPORTED)
         elif (allowed := self.config.allowed_calling_aets) is not None and req.calling_ae not in allowed:
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)

@@ -6,7 +6,7 @@ from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 
-from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES
+from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES, STANDARD_TRANSFER_SYNTAXES
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -24,13 +24,16 @@ SIEMENS_PRIVATE_STORAGE = tuple(SIEMENS_PRIVATE_NAMES)
 
 # Transfer syntaxes we cannot store as received: deflated ones (the header cannot be read
 # without inflating the whole stream) and the non-network encodings.
-_NOT_ACCEPTED_TS = {
+NOT_ACCEPTED_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
     "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
     "1.2.840.10008.1.2.6.1",  # RFC 2557 MIME encapsulation
     "1.2.840.10008.1.2.6.2",  # XML encoding
     "1.2.840.10008.1.20",  # Papyrus 3 (retired, not a network syntax)
+    "1.2.840.10008.1.2.7.1",  # SMPTE ST 2110-20 video: DICOM-RTV, real-time streams, not storage
+    "1.2.840.10008.1.2.7.2",  # SMPTE ST 2110-20 interlaced video (DICOM-RTV)
+    "1.2.840.10008.1.2.7.3",  # SMPTE ST 2110-30 audio (DICOM-RTV)
 }
 
 
@@ -74,11 +77,7 @@ def sop_class_name(uid: str) -> str:
 def accepted_transfer_syntaxes(uncompressed_only: bool) -> frozenset[str]:
     if uncompressed_only:
         return frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
-    return frozenset(
-        uid
-        for uid, (_name, kind, *_rest) in UID_dictionary.items()
-        if kind == "Transfer Syntax" and uid not in _NOT_ACCEPTED_TS
-    )
+    return frozenset(uid for uid in STANDARD_TRANSFER_SYNTAXES if uid not in NOT_ACCEPTED_TRANSFER_SYNTAXES)
 
 
 def dataset_encoding(transfer_syntax: str) -> tuple[bool, bool]:
