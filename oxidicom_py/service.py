@@ -216,7 +216,7 @@ async def start_worker(
     if settings.scp_implementation == "pynetdicom":
         # pynetdicom counts its own associations: the limit is divided between the workers
         share = max_associations if slots is None else max(1, -(-max_associations // slots.workers))
-        listener = PynetdicomListener(config, ingest.association, max_associations=share)
+        listener = PynetdicomListener(config, ingest.association, max_associations=share, temp_dir=files.staging)
     else:
         listener = Listener(
             config,

@@ -21,6 +21,7 @@ import uvloop
 from oxidicom_py.net import pdu
 from oxidicom_py.net.association import AcceptorConfig
 from oxidicom_py.net.negotiation import AcceptancePolicy
+from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.storage.ingest import Ingest
@@ -28,6 +29,8 @@ from oxidicom_py.storage.writer import FilesRoot
 
 PROJECT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
+IMPLEMENTATIONS = ("asyncio", "pynetdicom")
+"""The acceptors (OXIDICOM_SCP_IMPLEMENTATION): storage tests run against both."""
 
 
 def peer_env(**extra: str) -> dict[str, str]:
@@ -87,10 +90,16 @@ class InProcessReceiver:
         artim: float = 30.0,
         max_associations: int = 16,
         ssl: Any = None,
+        implementation: str = "asyncio",
         **access: Any,
     ) -> None:
         """``access``: AcceptorConfig's access fields (allowed_calling_aets, allowed_networks,
-        check_called_aet, idle_timeout). ``ssl``: an ``ssl.SSLContext`` for a TLS listener."""
+        check_called_aet, idle_timeout). ``ssl``: an ``ssl.SSLContext`` for a TLS listener.
+        ``implementation``: the acceptor, as ``OXIDICOM_SCP_IMPLEMENTATION`` (``asyncio`` or
+        ``pynetdicom``, the fallback), built as the service builds it."""
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
+        self.implementation = implementation
         self.rows: list[PacsFileRow] = []
         self.outcomes: list[str] = []
         self.files = FilesRoot(files_root, fsync=fsync)
@@ -126,8 +135,17 @@ class InProcessReceiver:
                 original(store)
 
             self.ingest._closed = closed  # type: ignore[method-assign]
-            self.listener = Listener(self.config, self.ingest.association, max_associations=self.max_associations)
-            _host, port = await self.listener.start(LOOPBACK, 0, ssl=self.ssl)
+            if self.implementation == "pynetdicom":
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.bind((LOOPBACK, 0))
+                sock.listen(64)
+                self.listener: Listener | PynetdicomListener = PynetdicomListener(
+                    self.config, self.ingest.association, max_associations=self.max_associations
+                )
+                _host, port = await self.listener.start_on(sock, ssl=self.ssl)
+            else:
+                self.listener = Listener(self.config, self.ingest.association, max_associations=self.max_associations)
+                _host, port = await self.listener.start(LOOPBACK, 0, ssl=self.ssl)
             return port
 
         self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
@@ -302,7 +320,7 @@ def storescu(
     import subprocess
 
     proc = subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, *args, LOOPBACK, str(port), *map(str, files)],
+        ["/usr/bin/storescu", "-aet", calling, "-aec", called, *args, LOOPBACK, str(port), *map(str, files)],
         env=peer_env(),
         capture_output=True,
         text=True,

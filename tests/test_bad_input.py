@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import struct
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,16 @@ from typing import Any
 import pydicom
 import pydicom.data
 import pytest
-from harness import InProcessReceiver, RawScu, associate_rq, dataset_bytes, encode_dataset, load_script, p_data
+from harness import (
+    IMPLEMENTATIONS,
+    InProcessReceiver,
+    RawScu,
+    associate_rq,
+    dataset_bytes,
+    encode_dataset,
+    load_script,
+    p_data,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -167,11 +177,14 @@ _CORPUS = sorted(
 )
 
 
-def test_every_file_of_pydicoms_corpus_gets_a_defined_outcome(tmp_path: Path) -> None:
-    """Each test file of pydicom is sent in its own transfer syntax: it is stored, or refused
-    with a failure status and a reason; the receiver never drops the association."""
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_every_file_of_pydicoms_corpus_gets_a_defined_outcome(tmp_path: Path, implementation: str) -> None:
+    """Each test file of pydicom is sent in its own transfer syntax: it is stored (as sent, behind
+    a file meta naming that transfer syntax), or refused with a failure status and a reason;
+    the receiver never drops the association."""
     outcomes: dict[str, int] = {}
-    with InProcessReceiver(tmp_path / "root", promiscuous=True) as rx:
+    sent: dict[str, set[tuple[str, str]]] = {}  # SOP Instance UID -> (transfer syntax, dataset digest) stored
+    with InProcessReceiver(tmp_path / "root", promiscuous=True, implementation=implementation) as rx:
         for path in _CORPUS:
             try:
                 ds = pydicom.dcmread(path, force=True)
@@ -190,9 +203,16 @@ def test_every_file_of_pydicoms_corpus_gets_a_defined_outcome(tmp_path: Path) ->
             scu.release()
             assert status == 0 or (status in (dimse.CANNOT_UNDERSTAND, dimse.OUT_OF_RESOURCES) and comment), path
             outcomes[path.name] = status
+            if status == 0:
+                sent.setdefault(sop_instance, set()).add((tsyntax, hashlib.sha256(raw).hexdigest()))
     assert len(outcomes) > 50
     assert sum(1 for s in outcomes.values() if s == 0) > 30
     assert rx.staged() == []
+    for stored in rx.stored():
+        uid = stored.name.rsplit("-", 1)[-1].removesuffix(".dcm")
+        meta = pydicom.filereader.read_file_meta_info(stored)
+        digest = hashlib.sha256(dataset_bytes(stored)).hexdigest()
+        assert (str(meta.TransferSyntaxUID), digest) in sent.get(uid, set()), stored.name
 
 
 def test_p_data_to_an_unknown_context_and_oversized_command_are_aborted(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
-from harness import LOOPBACK, dataset_bytes, load_script, peer_env, wait_until
+from harness import IMPLEMENTATIONS, LOOPBACK, dataset_bytes, load_script, peer_env, wait_until
 from peers import Orthanc, ServeProcess
 
 pytestmark = pytest.mark.integration
@@ -75,13 +75,17 @@ def _stored_paths(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in (root / "SERVICES").rglob("*.dcm")}
 
 
-def test_orthanc_pushes_both_series_concurrently(tmp_path: Path, db_uri: str, corpus: dict[str, Any]) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_orthanc_pushes_both_series_concurrently(
+    tmp_path: Path, db_uri: str, corpus: dict[str, Any], implementation: str
+) -> None:
     files_root = tmp_path / "files"
     env = {
         "OXIDICOM_DB_CONNECTION": db_uri,
         "OXIDICOM_FILES_ROOT": str(files_root),
         "OXIDICOM_SCP_AET": OUR_AET,
         "OXIDICOM_DB_BATCH_SIZE": "50",
+        "OXIDICOM_SCP_IMPLEMENTATION": implementation,
     }
     with Orthanc(tmp_path / "orthanc") as orthanc:
         env["OXIDICOM_PACS_ADDRESS"] = f'{{{ORTHANC_AET}="{LOOPBACK}:{orthanc.dicom_port}"}}'
@@ -143,7 +147,10 @@ def _push_twice_and_check(
         ds = pydicom.dcmread(io.BytesIO(theirs), stop_before_pixels=True)
         ours = next(files_root.rglob(f"*-{ds.SOPInstanceUID}.dcm"))
         assert dataset_bytes(ours) == _dataset_of(theirs)
-        assert pydicom.dcmread(ours, stop_before_pixels=True).file_meta.SourceApplicationEntityTitle == ORTHANC_AET
+        meta = pydicom.dcmread(ours, stop_before_pixels=True).file_meta
+        assert meta.SourceApplicationEntityTitle == ORTHANC_AET
+        assert meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+        assert (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID) == (ds.SOPClassUID, ds.SOPInstanceUID)
 
     # registry: one row per file, with the field values of the reference
     rows = _all_rows(db_uri)
@@ -182,15 +189,21 @@ def _dataset_of(part10: bytes) -> bytes:
     return part10[144 + group_length :]
 
 
-def test_storescu_pushes_a_synthetic_folder(tmp_path: Path, db_uri: str) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_storescu_pushes_a_synthetic_folder(tmp_path: Path, db_uri: str, implementation: str) -> None:
     synthetic = load_script("synthetic")
     files = synthetic.generate(tmp_path / "src", n_series=3, slices=20, rows=128, cols=128, modality="CT")
     files_root = tmp_path / "files"
-    env = {"OXIDICOM_DB_CONNECTION": db_uri, "OXIDICOM_FILES_ROOT": str(files_root), "OXIDICOM_SCP_AET": OUR_AET}
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(files_root),
+        "OXIDICOM_SCP_AET": OUR_AET,
+        "OXIDICOM_SCP_IMPLEMENTATION": implementation,
+    }
     with ServeProcess(env, tmp_path) as rx:
         proc = subprocess.run(
             [
-                "storescu",
+                "/usr/bin/storescu",
                 "-aet",
                 "DCMTKSCU",
                 "-aec",
@@ -212,4 +225,10 @@ def test_storescu_pushes_a_synthetic_folder(tmp_path: Path, db_uri: str) -> None
             wait_until(lambda uid=uid: _count(db_uri, uid, "DCMTKSCU") == 20, 30, what=f"rows of {uid}")
         assert len(_stored_paths(files_root)) == 60
         assert {r["Modality"] for r in _all_rows(db_uri)} == {"CT"}
+        sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in files}
+        for path in (files_root / "SERVICES").rglob("*.dcm"):
+            meta = pydicom.filereader.read_file_meta_info(path)
+            source = sources[str(meta.MediaStorageSOPInstanceUID)]
+            assert meta.TransferSyntaxUID == pydicom.filereader.read_file_meta_info(source).TransferSyntaxUID
+            assert dataset_bytes(path) == dataset_bytes(source)
     assert rx.proc is not None and rx.proc.returncode == 0

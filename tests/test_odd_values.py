@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
-from harness import InProcessReceiver, RawScu, wait_until
+from harness import IMPLEMENTATIONS, InProcessReceiver, RawScu, wait_until
 from peers import ServeProcess
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -405,6 +405,10 @@ def check_promises(pushed: Pushed, files_root: Path, db_rows: list[dict[str, Any
             if len(files.get(uid, [])) != 1:
                 wrong.append(f"{name}: Success with files {files.get(uid)}")
                 continue
+            meta = pydicom.filereader.read_file_meta_info(files_root / files[uid][0])
+            transfer_syntax = IMPLICIT if case is not None and case.implicit else EXPLICIT
+            if (meta.TransferSyntaxUID, meta.MediaStorageSOPInstanceUID) != (transfer_syntax, uid):
+                wrong.append(f"{name}: file meta {meta.TransferSyntaxUID}, {meta.MediaStorageSOPInstanceUID}")
             row = by_fname.get(files[uid][0])
             if row is None:
                 wrong.append(f"{name}: Success, file stored, no row")
@@ -491,8 +495,8 @@ class RegisteringReceiver(InProcessReceiver):
     """The in-process listener and storage path, registering with a real Registrar that holds
     every row until :meth:`register` (so that all rows of the association form one batch)."""
 
-    def __init__(self, files_root: Path, db_uri: str, logger: logging.Logger) -> None:
-        super().__init__(files_root, ae_title=OUR_AET)
+    def __init__(self, files_root: Path, db_uri: str, logger: logging.Logger, implementation: str = "asyncio") -> None:
+        super().__init__(files_root, ae_title=OUR_AET, implementation=implementation)
         self.db_uri = db_uri
         self.logger = logger
         self.futures: list[asyncio.Future[bool]] = []
@@ -548,9 +552,12 @@ def registry_log() -> Iterator[_Records]:
 
 
 @pytest.mark.integration
-def test_hostile_values_in_one_single_batch(tmp_path: Path, db_uri: str, registry_log: _Records) -> None:
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_hostile_values_in_one_single_batch(
+    tmp_path: Path, db_uri: str, registry_log: _Records, implementation: str
+) -> None:
     logger = logging.getLogger("tests.odd_values.registry")
-    with RegisteringReceiver(tmp_path / "files", db_uri, logger) as rx:
+    with RegisteringReceiver(tmp_path / "files", db_uri, logger, implementation) as rx:
         pushed = push(rx.port)
         wait_until(rx.idle, 10, what="the association to end")
         successes = sum(1 for status, _ in pushed.outcomes.values() if status == dimse.SUCCESS)
