@@ -62,7 +62,10 @@ def test_network_allow_list(tmp_path: Path) -> None:
         c = RawClient(rx.port)
         assert c.closed_by_peer()  # disconnected before any PDU is read
         proc = subprocess.run(
-            ["echoscu", "-aec", "OXITEST", LOOPBACK, str(rx.port)], env=peer_env(), capture_output=True, timeout=30
+            ["/usr/bin/echoscu", "-aec", "OXITEST", LOOPBACK, str(rx.port)],
+            env=peer_env(),
+            capture_output=True,
+            timeout=30,
         )
         assert proc.returncode != 0
 

@@ -31,7 +31,7 @@ def _env(db_uri: str, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 def _push(port: int, files: list[Path], calling: str = "SENDER") -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["storescu", "-aet", calling, "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
+        ["/usr/bin/storescu", "-aet", calling, "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
         env=peer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

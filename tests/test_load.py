@@ -72,7 +72,16 @@ def test_sixteen_concurrent_associations(tmp_path: Path, db_uri: str) -> None:
         started = time.monotonic()
         senders = [
             subprocess.Popen(
-                ["storescu", "-aet", f"LOAD{i:02d}", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port), *map(str, files)],
+                [
+                    "/usr/bin/storescu",
+                    "-aet",
+                    f"LOAD{i:02d}",
+                    "-aec",
+                    "OXIDICOMTEST",
+                    LOOPBACK,
+                    str(rx.port),
+                    *map(str, files),
+                ],
                 env=peer_env(),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -150,7 +159,7 @@ def _push(rx: ServeProcess, groups: list[list[Path]], aets: list[str]) -> tuple[
     started = time.monotonic()
     senders = [
         subprocess.Popen(
-            ["storescu", "-aet", aet, "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port), *map(str, files)],
+            ["/usr/bin/storescu", "-aet", aet, "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port), *map(str, files)],
             env=peer_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

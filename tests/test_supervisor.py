@@ -21,7 +21,7 @@ def _rows(db: str) -> int:
 
 def _storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        ["storescu", "-aet", "POOLTEST", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
+        ["/usr/bin/storescu", "-aet", "POOLTEST", "-aec", "OXIDICOMTEST", LOOPBACK, str(port), *map(str, files)],
         env=peer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -101,6 +101,9 @@ def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files:
             lambda: any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines), 10, what="stopped"
         )
         refused = subprocess.run(
-            ["echoscu", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port)], env=peer_env(), capture_output=True, timeout=30
+            ["/usr/bin/echoscu", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port)],
+            env=peer_env(),
+            capture_output=True,
+            timeout=30,
         )
         assert refused.returncode != 0

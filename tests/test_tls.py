@@ -96,7 +96,17 @@ def _context(pki: Pki, *, client_ca: bool = False) -> ssl.SSLContext:
 
 def _storescu(port: int, files: list[Path], *tls_args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-aet", "TLSSCU", "-aec", "OXITEST", *map(str, tls_args), LOOPBACK, str(port), *map(str, files)],
+        [
+            "/usr/bin/storescu",
+            "-aet",
+            "TLSSCU",
+            "-aec",
+            "OXITEST",
+            *map(str, tls_args),
+            LOOPBACK,
+            str(port),
+            *map(str, files),
+        ],
         env=peer_env(),
         capture_output=True,
         text=True,

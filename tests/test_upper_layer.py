@@ -42,7 +42,7 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def storescu(port: int, files: list[Path], *args: str, calling: str = "DCMTKSCU") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", "OXITEST", *args, LOOPBACK, str(port), *map(str, files)],
+        ["/usr/bin/storescu", "-aet", calling, "-aec", "OXITEST", *args, LOOPBACK, str(port), *map(str, files)],
         env=peer_env(),
         capture_output=True,
         text=True,
@@ -115,7 +115,10 @@ def test_pynetdicom_several_contexts_and_echo(tmp_path: Path, series: list[Path]
 def test_echoscu(tmp_path: Path) -> None:
     with InProcessReceiver(tmp_path) as rx:
         proc = subprocess.run(
-            ["echoscu", "-aec", "OXITEST", LOOPBACK, str(rx.port)], env=peer_env(), capture_output=True, timeout=30
+            ["/usr/bin/echoscu", "-aec", "OXITEST", LOOPBACK, str(rx.port)],
+            env=peer_env(),
+            capture_output=True,
+            timeout=30,
         )
         assert proc.returncode == 0, proc.stderr
 
@@ -325,7 +328,7 @@ def test_stock_storescu_with_nagle_on_does_not_stall(tmp_path: Path, series: lis
     with InProcessReceiver(tmp_path / "rx", max_pdu=16384) as rx:
         started = time.monotonic()
         proc = subprocess.run(
-            ["storescu", "-aec", "OXITEST", LOOPBACK, str(rx.port), *map(str, series)],
+            ["/usr/bin/storescu", "-aec", "OXITEST", LOOPBACK, str(rx.port), *map(str, series)],
             env=env,
             capture_output=True,
             text=True,
