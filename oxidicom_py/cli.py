@@ -48,16 +48,26 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     os.environ.pop(multiproc.ENV, None)
     metrics_folder = multiproc.enable() if s.metrics_port is not None else None
     tracing.configure({"oxidicom.role": "supervisor" if s.listener_processes > 1 else "receiver"})
-    from oxidicom_py import service
+    from oxidicom_py import app, runtime
+    from oxidicom_py.net import tls
+
+    def serve() -> Awaitable[int]:
+        """One process, or a supervisor and its workers: the only place that chooses."""
+        tls.server_context(s)  # a bad certificate or key stops start-up here, before anything runs
+        if s.listener_processes > 1:
+            from oxidicom_py.supervisor import Supervisor
+
+            return Supervisor(s, app.PoolTarget(s)).run()
+        return app.serve_single(s)
 
     try:
-        return int(_run(lambda: service.serve(s)))
+        return int(_run(serve))
     except KeyboardInterrupt:
         return 130
     except settings_mod.SettingsError as e:  # found while starting (e.g. a TLS key that does not fit)
         print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
         return 2
-    except service.StartupError as e:
+    except runtime.StartupError as e:
         log.critical("start-up failed: %s", e)
         return 1
     except Exception as e:
@@ -87,7 +97,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logs.configure(s.log_level, static={"worker": args.index})
     log = logging.getLogger("oxidicom_py.worker")
     tracing.configure({"oxidicom.role": "worker", "oxidicom.worker": args.index})
-    from oxidicom_py import service
+    from oxidicom_py import app
     from oxidicom_py.net.slots import SharedAssociationSlots
 
     sock = socket.socket(fileno=args.listen_fd)
@@ -98,15 +108,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     try:
         clean = _run(
-            lambda: service.run_worker_until_signalled(
+            lambda: app.run_worker(
                 s,
                 s.db_connection or "",
                 sock,
-                db_pool=args.db_pool,
-                max_associations=args.max_associations,
-                slots=SharedAssociationSlots(args.slots_fd, args.index, args.workers, args.max_associations)
-                if args.slots_fd >= 0
-                else None,
+                app.WorkerShare(
+                    args.db_pool,
+                    args.max_associations,
+                    SharedAssociationSlots(args.slots_fd, args.index, args.workers, args.max_associations)
+                    if args.slots_fd >= 0
+                    else None,
+                ),
                 on_ready=ready,
             )
         )

@@ -16,39 +16,39 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
+from typing import Protocol
 
-from oxidicom_py.completion.progress import count_inserted, lock_series
-from oxidicom_py.net.slots import SharedAssociationSlots
-from oxidicom_py.registry.reconcile import Reconciler
-from oxidicom_py.registry.registrar import Registrar
-from oxidicom_py.service import (
-    DB_CONNECT_TIMEOUT,
-    DRAIN_TIMEOUT,
-    bind_listener,
-    make_pool,
-    on_stop_signal,
-    prepare,
-    start_endpoint,
-)
+from oxidicom_py import runtime
 from oxidicom_py.settings import Settings
-from oxidicom_py.storage.writer import FilesRoot
-from oxidicom_py.telemetry import metrics, multiproc
+from oxidicom_py.telemetry import metrics
 
 log = logging.getLogger("oxidicom_py.supervisor")
 
-READY_TIMEOUT = 60.0
 RESTART_BACKOFF_MAX = 10.0
 
 
+class Target(Protocol):
+    """What the supervisor runs (made by :class:`oxidicom_py.app.PoolTarget`): it knows nothing
+    of the stages, only how to start a worker and whom to tell what happened."""
+
+    def argv(self, index: int, listen_fd: int, ready_fd: int, slots_fd: int) -> list[str]: ...
+
+    async def start(self, db_uri: str) -> None: ...
+
+    def workers_ready(self) -> None: ...
+
+    def worker_died(self, pid: int) -> int: ...
+
+    async def close(self) -> None: ...
+
+
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, target: Target) -> None:
         self.settings = settings
+        self.target = target
         self.n = settings.listener_processes
-        self.db_pool = max(1, settings.db_pool // self.n)
-        self.max_associations = settings.listener_threads  # a total over the workers (net/slots.py)
-        self.slots_fd = SharedAssociationSlots.create(self.n)
+        self.slots_fd = runtime.create_slots(self.n)
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.restarts = 0
@@ -56,46 +56,38 @@ class Supervisor:
         self._all_ready = asyncio.Event()
 
     async def run(self) -> int:
-        prepared = await prepare(self.settings)
+        prepared = await runtime.prepare(self.settings)
         try:
-            pool = make_pool(prepared.db_uri, 2)
-            await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-            registrar = Registrar(
-                pool, logger=logging.getLogger("oxidicom_py.registry"), on_inserted=count_inserted, on_begin=lock_series
-            )
-            await registrar.start()
-            self.reconciler = Reconciler(self.settings.files_root.resolve(), pool, registrar)
-            telemetry = start_endpoint(self.settings, prepared.db_uri, lambda: (self.running(), self.n))
+            await self.target.start(prepared.db_uri)
+            telemetry = runtime.start_endpoint(self.settings, prepared.db_uri, lambda: (self.running(), self.n))
             try:
                 return await self._supervise(prepared.db_uri)
             finally:
                 if telemetry is not None:
                     await telemetry.stop()
-                await self.reconciler.close()
-                await registrar.close()
-                await pool.close()
+                await self.target.close()
         finally:
             await asyncio.to_thread(prepared.stop)
 
     async def _supervise(self, db_uri: str) -> int:
-        sock = bind_listener(self.settings)
+        sock = runtime.bind_listener(self.settings)
         ready_r, ready_w = os.pipe()
         os.set_blocking(ready_r, False)
         loop = asyncio.get_running_loop()
         loop.add_reader(ready_r, self._on_ready_bytes, ready_r)
         stop = asyncio.Event()
-        on_stop_signal(stop.set)
+        runtime.on_stop_signal(stop.set)
         env = {**os.environ, "OXIDICOM_DB_CONNECTION": db_uri}
         watchers = [asyncio.create_task(self._keep_alive(slot, sock.fileno(), ready_w, env)) for slot in range(self.n)]
         exit_codes: list[int] = []
         try:
             await asyncio.wait(
                 [asyncio.create_task(self._all_ready.wait()), asyncio.create_task(stop.wait())],
-                timeout=READY_TIMEOUT,
+                timeout=runtime.READY_TIMEOUT,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if self._all_ready.is_set():
-                self.reconciler.request()  # files a crash left without a row
+                self.target.workers_ready()
                 host, port = sock.getsockname()[:2]
                 log.info(
                     "ready",
@@ -142,26 +134,7 @@ class Supervisor:
         metrics.WORKERS_ALIVE.set(self.running())
 
     async def _spawn(self, slot: int, listen_fd: int, ready_fd: int, env: dict[str, str]) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "oxidicom_py",
-            "worker",
-            "--listen-fd",
-            str(listen_fd),
-            "--ready-fd",
-            str(ready_fd),
-            "--index",
-            str(slot),
-            "--db-pool",
-            str(self.db_pool),
-            "--max-associations",
-            str(self.max_associations),
-            "--slots-fd",
-            str(self.slots_fd),
-            "--workers",
-            str(self.n),
-        ]
+        args = self.target.argv(slot, listen_fd, ready_fd, self.slots_fd)
         proc = await asyncio.create_subprocess_exec(*args, env=env, pass_fds=(listen_fd, ready_fd, self.slots_fd))
         self.procs[slot] = proc
         log.info("worker started", extra={"worker": slot, "pid": proc.pid})
@@ -175,18 +148,16 @@ class Supervisor:
             code = await proc.wait()
             self._ready_slots.discard(slot)
             metrics.WORKERS_ALIVE.set(self.running())
-            multiproc.process_died(proc.pid)
             if self.stopping:
                 return
             self.restarts += 1
             metrics.WORKER_RESTARTS.inc()
-            SharedAssociationSlots.reset(self.slots_fd, slot)  # its associations died with it
-            removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=proc.pid)
+            runtime.reset_slot(self.slots_fd, slot)  # its associations died with it
+            removed = self.target.worker_died(proc.pid)
             log.error(
                 "worker died; starting a new one",
                 extra={"worker": slot, "pid": proc.pid, "exit_code": code, "staged_removed": removed},
             )
-            self.reconciler.request()  # rows it had not committed yet
             backoff = 0.1 if time.monotonic() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
             await asyncio.sleep(backoff)
 
@@ -201,7 +172,7 @@ class Supervisor:
         codes = []
         for proc in procs:
             try:
-                codes.append(await asyncio.wait_for(proc.wait(), DRAIN_TIMEOUT * 2 + 10))
+                codes.append(await asyncio.wait_for(proc.wait(), runtime.DRAIN_TIMEOUT * 2 + 10))
             except TimeoutError:
                 log.error("worker did not drain in time; killing it", extra={"pid": proc.pid})
                 proc.kill()

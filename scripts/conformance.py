@@ -40,13 +40,11 @@ from pydicom._uid_dict import UID_dictionary  # noqa: E402
 from pydicom.datadict import dictionary_description  # noqa: E402
 from pydicom.uid import UID  # noqa: E402
 
-# The service's own imports first: pynetdicom, imported with them, adds UIDs to pydicom's registry
-# (JPEG XL, ...), and the acceptor's lists are read from that registry as the running service has it.
-import oxidicom_py.service  # noqa: E402, F401
+from oxidicom_py import runtime  # noqa: E402
 from oxidicom_py import settings as settings_module  # noqa: E402
 from oxidicom_py.completion import cfind  # noqa: E402
-from oxidicom_py.net import association, contexts, dimse, pdu  # noqa: E402
-from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES  # noqa: E402
+from oxidicom_py.dicom import acse, contexts, dimse, pdu  # noqa: E402
+from oxidicom_py.dicom.storage_classes import STANDARD_STORAGE_CLASSES  # noqa: E402
 from oxidicom_py.storage import part10  # noqa: E402
 
 DOCUMENT = ROOT / "CONFORMANCE.md"
@@ -114,7 +112,7 @@ REJECTION_CONDITIONS: dict[str, str] = {
         "Retry later."
     ),
 }
-"""When each A-ASSOCIATE-RJ of ``association._REJECTION_REASONS`` is sent, by metrics label."""
+"""When each A-ASSOCIATE-RJ of ``acse.REJECTION_LABELS`` is sent, by metrics label."""
 
 REJECT_SOURCES = {
     1: "DICOM UL service-user",
@@ -208,8 +206,6 @@ ASSOCIATION_LIMITS = (
     ("OXIDICOM_CFIND_CONNECT_TIMEOUT", "C-FIND SCU: seconds to connect and associate"),
     ("OXIDICOM_CFIND_TIMEOUT", "C-FIND SCU: seconds to wait for the responses"),
 )
-
-_CFIND_POOL = re.compile(r"ThreadPoolExecutor\(max_workers=(\d+), thread_name_prefix=\"oxidicom-cfind\"\)")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -343,16 +339,16 @@ def status_senders(name: str, sources: Mapping[str, str]) -> list[str]:
     return users
 
 
-# -- reading association.py / server.py ------------------------------------------------------------
+# -- reading dicom/acse.py / net/server.py ------------------------------------------------------------
 
 
 def rejection_results() -> dict[tuple[int, int], set[int]]:
     """(source, reason) -> the results the acceptor sends them with, read from the refusal tuples
-    ``(pdu.RJ_<result>, pdu.RJ_SOURCE_<source>, pdu.RJ_<reason>)`` of association.py and server.py."""
+    ``(pdu.RJ_<result>, pdu.RJ_SOURCE_<source>, pdu.RJ_<reason>)`` of dicom/acse.py and net/server.py."""
     from oxidicom_py.net import server
 
     found: dict[tuple[int, int], set[int]] = {}
-    for module in (association, server):
+    for module in (acse, server):
         for node in ast.walk(ast.parse(inspect.getsource(module))):
             if not isinstance(node, ast.Tuple) or len(node.elts) != 3:
                 continue
@@ -517,7 +513,7 @@ def status_codes_block(statuses: Mapping[str, int], sources: Mapping[str, str]) 
 def rejections_block() -> str:
     results = rejection_results()
     rows = []
-    for (source, reason), label in sorted(association._REJECTION_REASONS.items()):
+    for (source, reason), label in sorted(acse.REJECTION_LABELS.items()):
         sent_with = sorted(results.get((source, reason), set()))
         result = ", ".join(f"{r} ({REJECT_RESULTS.get(r, '?')})" for r in sent_with) or "**never sent**"
         rows.append(
@@ -533,8 +529,7 @@ def rejections_block() -> str:
 
 
 def _cfind_pool() -> int | None:
-    match = _CFIND_POOL.search((ROOT / "oxidicom_py" / "service.py").read_text())
-    return int(match.group(1)) if match else None
+    return runtime.CFIND_THREADS
 
 
 def association_limits_block() -> str:
@@ -705,9 +700,6 @@ def generate_blocks(
 ) -> dict[str, str]:
     """Every generated block, by name. ``storage_classes``/``statuses``: instead of the code's
     (to show that a change in the code changes the document)."""
-    # computed again now that the registry is as the service sees it (a caller may have cached them before)
-    contexts.storage_sop_classes.cache_clear()
-    contexts.accepted_transfer_syntaxes.cache_clear()
     classes = frozenset(contexts.storage_sop_classes() if storage_classes is None else storage_classes)
     statuses = status_constants() if statuses is None else statuses
     sources = _package_sources()
@@ -781,11 +773,11 @@ def problems() -> list[str]:
         if n not in statuses
     ]
     results = rejection_results()
-    for key, label in sorted(association._REJECTION_REASONS.items()):
+    for key, label in sorted(acse.REJECTION_LABELS.items()):
         if label not in REJECTION_CONDITIONS:
-            out.append(f"association._REJECTION_REASONS: {label!r} is not described in {SCRIPT}")
+            out.append(f"acse.REJECTION_LABELS: {label!r} is not described in {SCRIPT}")
         if key not in results:
-            out.append(f"association._REJECTION_REASONS: {label!r} {key} is never sent by association.py/server.py")
+            out.append(f"acse.REJECTION_LABELS: {label!r} {key} is never sent by dicom/acse.py or net/server.py")
     for uid in sorted(contexts.NOT_ACCEPTED_TRANSFER_SYNTAXES, key=uid_key):
         if refused_reason(uid) is None:
             out.append(f"contexts.NOT_ACCEPTED_TRANSFER_SYNTAXES: {uid} has no reason in {SCRIPT}")
@@ -794,8 +786,6 @@ def problems() -> list[str]:
             setting_default(var)
         except KeyError as e:
             out.append(str(e.args[0]))
-    if _cfind_pool() is None:
-        out.append(f"oxidicom_py/service.py: the C-FIND thread pool size is no longer where {SCRIPT} reads it")
     return out
 
 

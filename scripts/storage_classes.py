@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from oxidicom_py.net.contexts import DICOMDIR, is_storage_class
+from oxidicom_py.dicom.contexts import DICOMDIR, is_storage_class
 
 MODULE = Path(__file__).resolve().parent.parent / "oxidicom_py" / "net" / "storage_classes.py"
 

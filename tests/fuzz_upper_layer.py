@@ -33,7 +33,7 @@ An input is 6 bytes of choices followed by the byte stream a peer sends:
 Oracles (an AssertionError or any exception is a crash): nothing escapes the protocol or an
 event loop callback; the same stream delivered in one read gives the same transcript (PDUs
 written, bytes and ends of each sink, outcome) as in the fuzzed reads; every write is
-exactly one well-formed PDU an acceptor may send, in an order the state machine allows, and
+one or more whole, well-formed PDUs an acceptor may send, in an order the state machine allows, and
 nothing is written once the transport is closing; the last PDU before the protocol closes
 the transport agrees with the outcome the handler is told; sinks receive no more bytes than
 the peer sent, and each sink is finished or aborted exactly once, never written to
@@ -57,13 +57,16 @@ from typing import Any
 import atheris
 
 # atheris filters by top-level package only: import what the upper layer depends on first, so
-# that only the modules of oxidicom_py.net are instrumented (coverage counts their edges alone).
+# that only the upper layer (oxidicom_py.dicom, the machine, and oxidicom_py.net.protocol, its
+# asyncio adapter) is instrumented (coverage counts their edges alone).
+import oxidicom_py.identity
 import oxidicom_py.storage.part10
 import oxidicom_py.telemetry.logs
 import oxidicom_py.telemetry.metrics  # noqa: F401
 
 with atheris.instrument_imports(include=["oxidicom_py"]):
-    from oxidicom_py.net import association, dimse, negotiation, pdu
+    from oxidicom_py.dicom import config, dimse, events, negotiation, pdu
+    from oxidicom_py.net import protocol
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
@@ -71,7 +74,7 @@ if str(TESTS) not in sys.path:
 
 from harness import associate_rq, p_data  # noqa: E402  (after the instrumented imports, on purpose)
 
-StoreResult = association.StoreResult
+StoreResult = events.StoreResult
 _current: Run | None = None
 _decode_command = dimse.decode_command
 
@@ -178,7 +181,7 @@ async def _later(result: StoreResult | None) -> StoreResult:
 
 
 class Handler:
-    def __init__(self, run: Run, info: association.AssociationInfo) -> None:
+    def __init__(self, run: Run, info: events.AssociationInfo) -> None:
         self.run = run
         self.info = info
         self.outcomes: list[str] = []
@@ -202,7 +205,7 @@ class Run:
         self.flags, self.mode = flags, mode
         self.timers_fire = bool(mode & 0x10)
         timeouts = 1e-6 if self.timers_fire else None
-        self.config = association.AcceptorConfig(
+        self.config = config.AcceptorConfig(
             "OXI",
             _MAX_PDU[(flags >> 1) & 3],
             bool(flags & 0x01),
@@ -228,7 +231,7 @@ class Run:
         self.admissions = 0
         self.commands: list[dimse.Command] = []  # command sets the protocol decoded
 
-    def on_established(self, info: association.AssociationInfo) -> Handler:
+    def on_established(self, info: events.AssociationInfo) -> Handler:
         assert not self.handlers, "a second association on one connection"
         handler = Handler(self, info)
         self.handlers.append(handler)
@@ -242,7 +245,7 @@ class Run:
     def transcript(self) -> tuple[Any, ...]:
         """What the peer and the pipeline saw: equal however the stream was split into reads."""
         return (
-            self.transport.writes,
+            b"".join(self.transport.writes),  # the bytes, however they were grouped into writes
             self.transport.closed_by_protocol,
             [(bytes(sink.received), sink.ended) for sink in self.sinks],
             [handler.outcomes for handler in self.handlers],
@@ -296,7 +299,7 @@ async def scenario(run: Run, chunks: list[bytes], stream: bytes) -> None:
     # a store completes in 3 turns; each store needs >= 40 bytes of input
     bound = _LOOP_TURNS + len(stream) // 8
 
-    proto = association.AssociationProtocol(run.config, run.on_established, run.admission)
+    proto = protocol.AssociationProtocol(run.config, run.on_established, run.admission)
     proto.connection_made(transport)  # type: ignore[arg-type]
     for chunk in chunks:
         if transport.closed_by_protocol:
@@ -390,17 +393,29 @@ def _command_values(raw: bytes) -> dict[int, bytes]:
     return out
 
 
-def check(run: Run, proto: association.AssociationProtocol, stream: bytes) -> None:
+def _pdus(writes: list[bytes]) -> list[bytes]:
+    """The PDUs of the writes: each write is one or more whole PDUs, never a part of one."""
+    out = []
+    for write in writes:
+        pos = 0
+        while pos < len(write):
+            assert len(write) - pos >= 6, f"short PDU {write[pos:].hex()}"
+            (length,) = struct.unpack_from(">L", write, pos + 2)
+            assert pos + 6 + length <= len(write), f"PDU length {length} for {len(write) - pos - 6} bytes"
+            out.append(write[pos : pos + 6 + length])
+            pos += 6 + length
+    return out
+
+
+def check(run: Run, proto: protocol.AssociationProtocol, stream: bytes) -> None:
     transport = run.transport
     types: list[int] = []
     accepted: set[int] = set()
     store_responses = echo_responses = refusals = 0
-    for write in transport.writes:
-        assert len(write) >= 6, f"short write {write.hex()}"
-        pdu_type, length = struct.unpack_from(">BxL", write)
-        assert length == len(write) - 6, f"PDU length {length} for {len(write) - 6} bytes"
+    for pdu_bytes in _pdus(transport.writes):
+        pdu_type = pdu_bytes[0]
         assert pdu_type in ACCEPTOR_OUTPUT, f"PDU type {pdu_type:#x}"
-        body = write[6:]
+        body = pdu_bytes[6:]
         if pdu_type == pdu.A_ASSOCIATE_AC:
             assert not types, "A-ASSOCIATE-AC not first"
             accepted = _parse_ac(body)

@@ -18,9 +18,9 @@ from typing import Any
 
 import uvloop
 
-from oxidicom_py.net import pdu
-from oxidicom_py.net.association import AcceptorConfig
-from oxidicom_py.net.negotiation import AcceptancePolicy
+from oxidicom_py.dicom import pdu
+from oxidicom_py.dicom.config import AcceptorConfig
+from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.registry.rows import PacsFileRow
@@ -258,7 +258,7 @@ class RawScu(RawClient):
 
     def store(self, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> tuple[int, str]:
         """Send one C-STORE; return (status, error comment) of the response."""
-        from oxidicom_py.net import dimse
+        from oxidicom_py.dicom import dimse
 
         self.message_id += 1
         command = dimse.encode_command(

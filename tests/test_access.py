@@ -22,7 +22,7 @@ from harness import (
     sop_of,
 )
 
-from oxidicom_py.net import pdu
+from oxidicom_py.dicom import pdu
 from oxidicom_py.settings import SettingsError, load
 
 MR = "1.2.840.10008.5.1.4.1.1.4"

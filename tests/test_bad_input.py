@@ -24,9 +24,10 @@ from harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oxidicom_py.net import dimse, pdu
-from oxidicom_py.net.association import AcceptorConfig, AssociationProtocol
-from oxidicom_py.net.negotiation import AcceptancePolicy
+from oxidicom_py.dicom import dimse, pdu
+from oxidicom_py.dicom.config import AcceptorConfig
+from oxidicom_py.dicom.negotiation import AcceptancePolicy
+from oxidicom_py.net.protocol import AssociationProtocol
 from oxidicom_py.storage.ingest import Ingest
 from oxidicom_py.storage.writer import FilesRoot
 

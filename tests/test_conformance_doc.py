@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from oxidicom_py.net import association, contexts, dimse
+from oxidicom_py.dicom import acse, contexts, dimse
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "CONFORMANCE.md"
@@ -118,7 +118,7 @@ def test_every_transfer_syntax_and_rejection_is_in_the_document() -> None:
     for uid in contexts.NOT_ACCEPTED_TRANSFER_SYNTAXES:
         assert f"| `{uid}` |" in refused and f"| `{uid}` |" not in accepted, uid
     rejections = _block(document, "association-rejections")
-    for (source, reason), label in association._REJECTION_REASONS.items():
+    for (source, reason), label in acse.REJECTION_LABELS.items():
         assert f"| {source} (" in rejections and f"| {reason} (" in rejections
         assert f"| `{label}` |" in rejections, label
     assert "| 2 (rejected-transient) | 3 (" in rejections  # the association limit: retry later

@@ -11,7 +11,7 @@ import pytest
 from harness import RawClient, associate_rq, instance_rows, load_script, storescu, wait_until
 from peers import ServeProcess
 
-from oxidicom_py.net import pdu
+from oxidicom_py.dicom import pdu
 from oxidicom_py.registry.embedded import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from peers import ServeProcess
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from oxidicom_py.net import dimse, pdu
+from oxidicom_py.dicom import dimse, pdu
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -368,8 +368,8 @@ def test_the_vendored_table_holds_every_storage_class_pydicom_and_pynetdicom_kno
     from pydicom._uid_dict import UID_dictionary
     from pynetdicom.sop_class import _STORAGE_CLASSES
 
-    from oxidicom_py.net.contexts import DICOMDIR, is_storage_class, storage_sop_classes
-    from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES
+    from oxidicom_py.dicom.contexts import DICOMDIR, is_storage_class, storage_sop_classes
+    from oxidicom_py.dicom.storage_classes import STANDARD_STORAGE_CLASSES
 
     installed = {uid for uid, (name, kind, *_r) in UID_dictionary.items() if is_storage_class(name, kind)}
     assert installed <= set(STANDARD_STORAGE_CLASSES)

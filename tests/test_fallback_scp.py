@@ -39,7 +39,8 @@ from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from oxidicom_py.net import dimse, pdu, pynetdicom_scp
+from oxidicom_py.dicom import dimse, pdu
+from oxidicom_py.net import pynetdicom_scp
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
-from oxidicom_py.net.contexts import dataset_encoding
+from oxidicom_py.dicom.contexts import dataset_encoding
 from oxidicom_py.storage import header
 from oxidicom_py.storage.part10 import file_header
 

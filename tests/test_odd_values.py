@@ -34,7 +34,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.completion import progress
-from oxidicom_py.net import dimse
+from oxidicom_py.dicom import dimse
 from oxidicom_py.registry.registrar import Registrar, RowRejectedError
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.registry.schema import COLUMN_LIMITS, ensure_schema

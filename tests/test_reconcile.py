@@ -137,7 +137,7 @@ def test_kill_9_in_the_middle_of_an_association(tmp_path: Path, db_uri: str) -> 
         for f in files[:5]:
             assert scu.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
         staging = tmp_path / "files" / ".oxidicom-staging"
-        from oxidicom_py.net import dimse
+        from oxidicom_py.dicom import dimse
 
         sop_class, sop_instance = sop_of(files[5])
         command = dimse.encode_command(

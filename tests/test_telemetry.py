@@ -24,7 +24,7 @@ from otlp_receiver import OtlpReceiver
 from peers import ServeProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from oxidicom_py.net import pdu
+from oxidicom_py.dicom import pdu
 
 pytestmark = pytest.mark.integration
 

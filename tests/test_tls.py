@@ -30,7 +30,8 @@ from harness import (
 )
 from peers import ServeProcess
 
-from oxidicom_py.net import pdu, tls
+from oxidicom_py.dicom import pdu
+from oxidicom_py.net import tls
 from oxidicom_py.settings import Settings, SettingsError, load
 
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -26,7 +26,7 @@ from harness import (
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
-from oxidicom_py.net import dimse, pdu
+from oxidicom_py.dicom import dimse, pdu
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT = "1.2.840.10008.1.2.1"

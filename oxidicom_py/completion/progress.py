@@ -26,10 +26,9 @@ from typing import Final
 
 import psycopg
 
+from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry.fitting import DbRow
 from oxidicom_py.registry.schema import PROGRESS_TABLE
-
-MARKER_PACS: Final = "org.fnndsc.oxidicom"
 
 _KEY_COLUMNS = 'pacs_identifier, "SeriesInstanceUID", "StudyInstanceUID", "PatientID"'
 

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 from oxidicom_py.completion import progress
 from oxidicom_py.completion.cfind import SeriesCount, query_series_count
-from oxidicom_py.completion.progress import MARKER_PACS
-from oxidicom_py.net.association import AssociationInfo
-from oxidicom_py.net.once import OncePer
+from oxidicom_py.dicom.events import AssociationInfo
+from oxidicom_py.dicom.once import OncePer
+from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry.registrar import Extra, Registrar
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.storage.writer import FilesRoot

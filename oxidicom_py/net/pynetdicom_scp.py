@@ -52,17 +52,13 @@ from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from ulid import ULID
 
-from oxidicom_py.net import dimse
-from oxidicom_py.net.association import (
-    AcceptorConfig,
-    AssociationHandler,
-    AssociationInfo,
-    InstanceSink,
-    StoreResult,
-)
-from oxidicom_py.net.contexts import VERIFICATION, accepted_transfer_syntaxes, storage_sop_classes
-from oxidicom_py.net.negotiation import AcceptedContext
-from oxidicom_py.storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from oxidicom_py.dicom import dimse
+from oxidicom_py.dicom.config import AcceptorConfig
+from oxidicom_py.dicom.contexts import VERIFICATION, accepted_transfer_syntaxes, storage_sop_classes
+from oxidicom_py.dicom.events import AssociationInfo, StoreResult
+from oxidicom_py.dicom.negotiation import AcceptedContext
+from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from oxidicom_py.net.protocol import AssociationHandler, InstanceSink
 
 log = logging.getLogger("oxidicom_py.net")
 _STORE_TIMEOUT = 600.0

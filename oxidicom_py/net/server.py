@@ -8,11 +8,17 @@ import socket
 import ssl as _ssl
 from collections.abc import Callable
 
-from oxidicom_py.net import pdu, tls
-from oxidicom_py.net.association import AcceptorConfig, AssociationHandler, AssociationInfo, AssociationProtocol
+from oxidicom_py.dicom import acse, pdu
+from oxidicom_py.dicom.config import AcceptorConfig
+from oxidicom_py.dicom.events import AssociationInfo
+from oxidicom_py.net import tls
+from oxidicom_py.net.protocol import AssociationHandler, AssociationProtocol
 from oxidicom_py.net.slots import AssociationSlots
 
 log = logging.getLogger("oxidicom_py.net")
+
+LISTEN_BACKLOG = 512
+"""Connections the kernel queues before a worker accepts them."""
 
 
 class Listener:
@@ -44,7 +50,7 @@ class Listener:
         can fail."""
         refusal = self._overload_refusal()
         if refusal is None and not self.slots.try_acquire():
-            refusal = (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+            refusal = acse.LOCAL_LIMIT_EXCEEDED
         return refusal
 
     def _overload_refusal(self) -> tuple[int, int, int] | None:
@@ -57,7 +63,7 @@ class Listener:
                     log.warning("refusing new associations for now (transient): %s", reason)
                 self._overload_reason = reason
             if reason is not None:
-                return (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
+                return acse.LOCAL_LIMIT_EXCEEDED
         return None
 
     def _established(self, info: AssociationInfo) -> AssociationHandler:
@@ -87,12 +93,12 @@ class Listener:
         """
         loop = asyncio.get_running_loop()
         if ssl is None:
-            self.server = await loop.create_server(self._protocol, sock=sock, backlog=512)
+            self.server = await loop.create_server(self._protocol, sock=sock, backlog=LISTEN_BACKLOG)
         else:
             self.server = await loop.create_server(
                 self._tls_protocol,
                 sock=sock,
-                backlog=512,
+                backlog=LISTEN_BACKLOG,
                 ssl=ssl,
                 ssl_handshake_timeout=self.config.artim_timeout,
             )

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.completion.progress import MARKER_PACS
-from oxidicom_py.net.contexts import dataset_encoding
+from oxidicom_py.dicom.contexts import dataset_encoding
+from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.registry.schema import PACSFILE_TABLE

@@ -35,7 +35,7 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.completion.progress import MARKER_PACS
+from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry import batch_sql
 from oxidicom_py.registry.fitting import DbRow, fit_row
 from oxidicom_py.registry.rows import PacsFileRow, log_fields

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from oxidicom_py.net import dimse
-from oxidicom_py.net.association import AssociationInfo, StoreResult
-from oxidicom_py.net.contexts import dataset_encoding
-from oxidicom_py.net.negotiation import AcceptedContext
+from oxidicom_py.dicom import dimse
+from oxidicom_py.dicom.contexts import dataset_encoding
+from oxidicom_py.dicom.events import AssociationInfo, StoreResult
+from oxidicom_py.dicom.negotiation import AcceptedContext
 from oxidicom_py.registry.fitting import fit_text
 from oxidicom_py.registry.registrar import Extra
 from oxidicom_py.registry.rows import PacsFileRow

@@ -1,7 +1,7 @@
 """DICOM upper-layer PDUs (PS3.8 section 9.3): decoding the A-ASSOCIATE-RQ, encoding the replies.
 
 Only what an association acceptor for C-STORE and C-ECHO needs. P-DATA-TF is not decoded
-here: it is streamed by :mod:`oxidicom_py.net.association` without assembling whole PDUs.
+here: it is streamed by :mod:`oxidicom_py.dicom.acceptor` without assembling whole PDUs.
 """
 
 from __future__ import annotations

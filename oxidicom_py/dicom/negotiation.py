@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from oxidicom_py.net import pdu
-from oxidicom_py.net.contexts import VERIFICATION, accepted_transfer_syntaxes, sop_class_name, storage_sop_classes
-from oxidicom_py.net.once import OncePer
+from oxidicom_py.dicom import pdu
+from oxidicom_py.dicom.contexts import VERIFICATION, accepted_transfer_syntaxes, sop_class_name, storage_sop_classes
+from oxidicom_py.dicom.once import OncePer
 
 
 @dataclass(frozen=True, slots=True)

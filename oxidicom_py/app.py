@@ -1,149 +1,69 @@
-"""The receiver's lifecycle: prepare the shared parts, run a worker (listener + storage +
-registrar) until told to stop, drain.
+"""The composition root: every part of a receiving process, wired on one page.
 
-``serve`` runs everything in one process when ``OXIDICOM_LISTENER_PROCESSES`` is 1;
-otherwise :mod:`oxidicom_py.supervisor` prepares once and runs the workers as processes
-sharing one listening socket.
+:func:`build_worker` makes a worker (listener, storage, registrar, tracker, sweeper,
+telemetry) and :func:`drain` stops one; :func:`run_worker` runs one until a signal. The
+single-process mode (:func:`serve_single`) and each worker process of the pool
+(``oxidicom-py worker``, started by :mod:`oxidicom_py.supervisor`) are built by the same
+function, so they cannot drift. :class:`PoolTarget` is what the supervisor is handed: the
+worker command line and the housekeeping of the pool (reconciliation).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py import runtime
 from oxidicom_py.completion import progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
+from oxidicom_py.dicom.config import AcceptorConfig
+from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.net import tls
-from oxidicom_py.net.association import AcceptorConfig
-from oxidicom_py.net.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
-from oxidicom_py.registry.embedded import EmbeddedPostgres
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
-from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.ingest import Ingest
 from oxidicom_py.storage.writer import FilesRoot
-from oxidicom_py.telemetry import metrics, tracing
+from oxidicom_py.telemetry import metrics, multiproc, tracing
 
-if TYPE_CHECKING:
-    from oxidicom_py.telemetry.endpoint import Endpoint
-
-log = logging.getLogger("oxidicom_py.service")
-
-DRAIN_TIMEOUT = 30.0
-SPAN_FLUSH_TIMEOUT = 5.0
-DB_CONNECT_TIMEOUT = 30.0
+log = logging.getLogger("oxidicom_py.app")
 
 
-def redact(uri: str) -> str:
-    """A connection string without its password, for logs."""
-    if "://" in uri and "@" in uri.split("://", 1)[1]:
-        scheme, rest = uri.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return uri
+@dataclass(frozen=True)
+class WorkerShare:
+    """What one process gets of the whole: database connections, the association limit and,
+    in a pool, the slots shared with the other workers."""
+
+    db_pool: int
+    max_associations: int
+    slots: SharedAssociationSlots | None = None
 
 
-@dataclass
-class Prepared:
-    """What every worker shares: the database (schema in place) and a clean staging area."""
-
-    db_uri: str
-    embedded: EmbeddedPostgres | None
-
-    def stop(self) -> None:
-        if self.embedded is not None:
-            self.embedded.stop()
-
-
-async def prepare(settings: Settings) -> Prepared:
-    embedded: EmbeddedPostgres | None = None
-    if settings.db_connection is None:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        embedded = EmbeddedPostgres(settings.pgdata.resolve())
-        uri = await asyncio.to_thread(embedded.start)
-        log.info("using embedded PostgreSQL", extra={"pgdata": str(settings.pgdata.resolve()), "database": uri})
-    else:
-        uri = settings.db_connection
-        log.info("using PostgreSQL", extra={"database": redact(uri)})
-    try:
-        await check_database(uri, "the embedded database" if embedded is not None else "OXIDICOM_DB_CONNECTION")
-        pool = make_pool(uri, 1)
-        await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-        try:
-            async with pool.connection() as conn:
-                await ensure_schema(conn)
-        finally:
-            await pool.close()
-        files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
-        leftovers = files.clean_staging()
-    except BaseException:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
-        raise
-    log.info(
-        "files root ready",
-        extra={
-            "files_root": str(files.root),
-            "fsync": files.fsync,
-            "in_memory_filesystem": files.in_memory,
-            "stale_staged_removed": leftovers,
-        },
+async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool: int) -> Registrar:
+    """The registrar, configured from the settings: the same for workers and the supervisor's
+    reconciliation (which once kept the library's 50 ms linger instead of OXIDICOM_DB_LINGER_MS)."""
+    registrar = Registrar(
+        pool,
+        batch_size=settings.db_batch_size,
+        linger=settings.db_linger_ms / 1000,
+        max_concurrent_batches=db_pool,
+        logger=logging.getLogger("oxidicom_py.registry"),
+        on_inserted=progress.count_inserted,
+        on_begin=progress.lock_series,
     )
-    return Prepared(uri, embedded)
-
-
-class StartupError(RuntimeError):
-    """Start-up cannot go on; the message is the one line to print (it names the setting)."""
-
-
-async def check_database(uri: str, name: str) -> None:
-    """One connection, bounded by DB_CONNECT_TIMEOUT: an unreachable database is one line naming
-    ``name`` and the reason, not a pool retrying in silence and a traceback."""
-    try:
-        conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(uri, connect_timeout=int(DB_CONNECT_TIMEOUT)), DB_CONNECT_TIMEOUT
-        )
-    except (psycopg.Error, OSError, TimeoutError) as e:
-        lines = str(e).strip().splitlines()
-        reason = lines[0] if lines else type(e).__name__
-        raise StartupError(f"{name}: cannot connect to the database: {reason}") from None
-    await conn.close()
-
-
-def make_pool(uri: str, size: int) -> AsyncConnectionPool:
-    return AsyncConnectionPool(
-        uri,
-        min_size=1,
-        max_size=size,
-        open=False,
-        name="oxidicom",
-        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
-    )
-
-
-def bind_listener(settings: Settings) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.listener_address, settings.listener_port))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
+    await registrar.start()
+    return registrar
 
 
 @dataclass
@@ -160,33 +80,17 @@ class Worker:
     sampler: asyncio.Task[None]
 
 
-async def start_worker(
-    settings: Settings,
-    db_uri: str,
-    sock: socket.socket,
-    *,
-    db_pool: int,
-    max_associations: int,
-    slots: SharedAssociationSlots | None = None,
-) -> Worker:
-    """Registrar, storage and listener of one process, accepting on ``sock``. ``slots``: the
-    association limit shared with the other workers (else ``max_associations`` of this one)."""
+async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, share: WorkerShare) -> Worker:
+    """Every part of one receiving process, wired, accepting on ``sock``: the one place where
+    the stages meet, for the single process and for each worker of a pool alike."""
+    db_pool, max_associations, slots = share.db_pool, share.max_associations, share.slots
     ssl_context = tls.server_context(settings)  # first: a bad certificate leaves nothing half-started
-    pool = make_pool(db_uri, db_pool)
-    await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-    registrar = Registrar(
-        pool,
-        batch_size=settings.db_batch_size,
-        linger=settings.db_linger_ms / 1000,
-        max_concurrent_batches=db_pool,
-        logger=logging.getLogger("oxidicom_py.registry"),
-        on_inserted=progress.count_inserted,
-        on_begin=progress.lock_series,
-    )
-    await registrar.start()
+    pool = runtime.make_pool(db_uri, db_pool)
+    await pool.open(wait=True, timeout=runtime.DB_CONNECT_TIMEOUT)
+    registrar = await make_registrar(settings, pool, db_pool)
     files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
-    executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-io")
-    cfind_executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="oxidicom-cfind")
+    executor = ThreadPoolExecutor(max_workers=runtime.IO_THREADS, thread_name_prefix="oxidicom-io")
+    cfind_executor = ThreadPoolExecutor(max_workers=runtime.CFIND_THREADS, thread_name_prefix="oxidicom-cfind")
     tracker = Tracker(
         files,
         registrar,
@@ -231,7 +135,7 @@ async def start_worker(
     return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler)
 
 
-async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
+async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
     """Stop accepting, let open associations finish, flush registrations, release everything.
 
     Returns True when everything finished within ``timeout``.
@@ -257,7 +161,7 @@ async def drain(worker: Worker, timeout: float = DRAIN_TIMEOUT) -> bool:
     worker.sampler.cancel()
     metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
     try:
-        await asyncio.wait_for(worker.ingest.spans_ended(), SPAN_FLUSH_TIMEOUT)
+        await asyncio.wait_for(worker.ingest.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)
     except TimeoutError:
         log.warning("association spans still open at shutdown", extra={"open": len(worker.ingest.span_tasks)})
     await worker.pool.close()
@@ -296,29 +200,6 @@ async def _sample_gauges(registrar: Registrar, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
-@dataclass
-class TelemetryEndpoint:
-    endpoint: Endpoint
-    heartbeat: asyncio.Task[None]
-
-    async def stop(self) -> None:
-        self.heartbeat.cancel()
-        await asyncio.to_thread(self.endpoint.stop)
-
-
-def start_endpoint(settings: Settings, db_uri: str, workers: Callable[[], tuple[int, int]]) -> TelemetryEndpoint | None:
-    """``/metrics``, ``/livez`` and ``/readyz`` on ``OXIDICOM_METRICS_PORT`` (None when unset)."""
-    if settings.metrics_port is None:
-        return None
-    from oxidicom_py.telemetry.endpoint import Endpoint
-    from oxidicom_py.telemetry.health import Health
-
-    health = Health(db_uri, settings.files_root.resolve(), workers)
-    endpoint = Endpoint(health, settings.metrics_address, settings.metrics_port)
-    endpoint.start()
-    return TelemetryEndpoint(endpoint, asyncio.create_task(health.heartbeat()))
-
-
 async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:
     """End series that stopped receiving (see :func:`progress.quiescence_sweep`), forever."""
     interval = min(max(quiet_seconds / 4, 0.05), 5.0)
@@ -337,29 +218,21 @@ async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -
             log.warning("quiescence sweep failed: %s", e)
 
 
-def on_stop_signal(callback: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, callback)
-
-
-async def run_worker_until_signalled(
+async def run_worker(
     settings: Settings,
     db_uri: str,
     sock: socket.socket,
+    share: WorkerShare,
     *,
-    db_pool: int,
-    max_associations: int,
     on_ready: Callable[[Worker], None],
     reconcile: bool = False,
-    slots: SharedAssociationSlots | None = None,
 ) -> bool:
-    """``reconcile``: also register stored files the database lacks (the single-process mode;
+    """Run one worker until SIGTERM/SIGINT, then drain; True when it drained in time.
+    ``reconcile``: also register stored files the database lacks (the single-process mode;
     with a pool of workers the supervisor does it)."""
     stop = asyncio.Event()
-    on_stop_signal(stop.set)
-    worker = await start_worker(settings, db_uri, sock, db_pool=db_pool, max_associations=max_associations, slots=slots)
+    runtime.on_stop_signal(stop.set)
+    worker = await build_worker(settings, db_uri, sock, share)
     _freeze_start_up_objects()
     reconciler = Reconciler(worker.ingest.files.root, worker.pool, worker.registrar) if reconcile else None
     if reconciler is not None:
@@ -372,19 +245,14 @@ async def run_worker_until_signalled(
     return await drain(worker)
 
 
-async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT, then drain. Returns the process exit code."""
-    tls.server_context(settings)  # a bad certificate or key stops start-up here, before anything runs
-    if settings.listener_processes > 1:
-        from oxidicom_py.supervisor import Supervisor
-
-        return await Supervisor(settings).run()
-    prepared = await prepare(settings)
-    telemetry: TelemetryEndpoint | None = None
+async def serve_single(settings: Settings) -> int:
+    """Everything in this process until SIGTERM or SIGINT, then drain; the exit code."""
+    prepared = await runtime.prepare(settings)
+    telemetry: runtime.TelemetryEndpoint | None = None
     try:
-        sock = bind_listener(settings)
+        sock = runtime.bind_listener(settings)
         serving = [0]
-        telemetry = start_endpoint(settings, prepared.db_uri, lambda: (serving[0], 1))
+        telemetry = runtime.start_endpoint(settings, prepared.db_uri, lambda: (serving[0], 1))
 
         def ready(worker: Worker) -> None:
             serving[0] = 1
@@ -400,15 +268,8 @@ async def serve(settings: Settings) -> int:
                 },
             )
 
-        clean = await run_worker_until_signalled(
-            settings,
-            prepared.db_uri,
-            sock,
-            db_pool=settings.db_pool,
-            max_associations=settings.listener_threads,
-            on_ready=ready,
-            reconcile=True,
-        )
+        share = WorkerShare(settings.db_pool, settings.listener_threads)
+        clean = await run_worker(settings, prepared.db_uri, sock, share, on_ready=ready, reconcile=True)
         serving[0] = 0
     finally:
         if telemetry is not None:
@@ -416,3 +277,64 @@ async def serve(settings: Settings) -> int:
         await asyncio.to_thread(prepared.stop)
     log.info("stopped", extra={"clean": clean})
     return 0 if clean else 1
+
+
+class PoolTarget:
+    """What the supervisor runs: the worker processes' command line, and the pool's
+    housekeeping (reconciliation after start-up and after a worker died)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        workers = settings.listener_processes
+        self.share = WorkerShare(max(1, settings.db_pool // workers), settings.listener_threads)
+        self._pool: AsyncConnectionPool | None = None
+        self._registrar: Registrar | None = None
+        self._reconciler: Reconciler | None = None
+
+    def argv(self, index: int, listen_fd: int, ready_fd: int, slots_fd: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "oxidicom_py",
+            "worker",
+            "--listen-fd",
+            str(listen_fd),
+            "--ready-fd",
+            str(ready_fd),
+            "--index",
+            str(index),
+            "--db-pool",
+            str(self.share.db_pool),
+            "--max-associations",
+            str(self.share.max_associations),
+            "--slots-fd",
+            str(slots_fd),
+            "--workers",
+            str(self.settings.listener_processes),
+        ]
+
+    async def start(self, db_uri: str) -> None:
+        self._pool = runtime.make_pool(db_uri, runtime.SUPERVISOR_DB_POOL)
+        await self._pool.open(wait=True, timeout=runtime.DB_CONNECT_TIMEOUT)
+        self._registrar = await make_registrar(self.settings, self._pool, runtime.SUPERVISOR_DB_POOL)
+        self._reconciler = Reconciler(self.settings.files_root.resolve(), self._pool, self._registrar)
+
+    def workers_ready(self) -> None:
+        assert self._reconciler is not None
+        self._reconciler.request()  # files a crash left without a row
+
+    def worker_died(self, pid: int) -> int:
+        """Clean up after a dead worker; the number of its staged files removed."""
+        multiproc.process_died(pid)
+        removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=pid)
+        assert self._reconciler is not None
+        self._reconciler.request()  # rows it had not committed yet
+        return removed
+
+    async def close(self) -> None:
+        if self._reconciler is not None:
+            await self._reconciler.close()
+        if self._registrar is not None:
+            await self._registrar.close()
+        if self._pool is not None:
+            await self._pool.close()

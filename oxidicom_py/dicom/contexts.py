@@ -6,7 +6,7 @@ from functools import cache
 
 from pydicom._uid_dict import UID_dictionary
 
-from oxidicom_py.net.storage_classes import STANDARD_STORAGE_CLASSES, STANDARD_TRANSFER_SYNTAXES
+from oxidicom_py.dicom.storage_classes import STANDARD_STORAGE_CLASSES, STANDARD_TRANSFER_SYNTAXES
 
 VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"

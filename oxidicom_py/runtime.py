@@ -1,0 +1,184 @@
+"""What every process of the receiver shares, whatever the process model: the database
+prepared (embedded or not, schema in place), the listening socket, signals, the telemetry
+endpoint, the association slots, and the constants that are settings in disguise.
+
+The supervisor uses only this module and the settings; the worker's parts are wired in
+:mod:`oxidicom_py.app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from oxidicom_py.net.server import LISTEN_BACKLOG
+from oxidicom_py.net.slots import SharedAssociationSlots
+from oxidicom_py.registry.embedded import EmbeddedPostgres
+from oxidicom_py.registry.schema import ensure_schema
+from oxidicom_py.settings import Settings
+from oxidicom_py.storage.writer import FilesRoot
+
+if TYPE_CHECKING:
+    from oxidicom_py.telemetry.endpoint import Endpoint
+
+log = logging.getLogger("oxidicom_py.runtime")
+
+DRAIN_TIMEOUT = 30.0
+"""Seconds a worker waits at shutdown for open associations, markers and registrations, each."""
+SPAN_FLUSH_TIMEOUT = 5.0
+DB_CONNECT_TIMEOUT = 30.0
+"""Seconds to connect to the database at start-up (and to open a pool)."""
+IO_THREADS = 8
+"""Threads for fsync and renames off the event loop, per worker."""
+CFIND_THREADS = 8
+"""Threads for C-FIND queries to the PACS (pynetdicom blocks), per worker."""
+SUPERVISOR_DB_POOL = 2
+"""Connections of the supervisor's own housekeeping (reconciliation)."""
+READY_TIMEOUT = 60.0
+"""Seconds every worker has to become ready at start-up."""
+
+
+def redact(uri: str) -> str:
+    """A connection string without its password, for logs."""
+    if "://" in uri and "@" in uri.split("://", 1)[1]:
+        scheme, rest = uri.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return uri
+
+
+@dataclass
+class Prepared:
+    """What every worker shares: the database (schema in place) and a clean staging area."""
+
+    db_uri: str
+    embedded: EmbeddedPostgres | None
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def prepare(settings: Settings) -> Prepared:
+    embedded: EmbeddedPostgres | None = None
+    if settings.db_connection is None:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        embedded = EmbeddedPostgres(settings.pgdata.resolve())
+        uri = await asyncio.to_thread(embedded.start)
+        log.info("using embedded PostgreSQL", extra={"pgdata": str(settings.pgdata.resolve()), "database": uri})
+    else:
+        uri = settings.db_connection
+        log.info("using PostgreSQL", extra={"database": redact(uri)})
+    try:
+        await check_database(uri, "the embedded database" if embedded is not None else "OXIDICOM_DB_CONNECTION")
+        pool = make_pool(uri, 1)
+        await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
+        try:
+            async with pool.connection() as conn:
+                await ensure_schema(conn)
+        finally:
+            await pool.close()
+        files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
+        leftovers = files.clean_staging()
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+    log.info(
+        "files root ready",
+        extra={
+            "files_root": str(files.root),
+            "fsync": files.fsync,
+            "in_memory_filesystem": files.in_memory,
+            "stale_staged_removed": leftovers,
+        },
+    )
+    return Prepared(uri, embedded)
+
+
+class StartupError(RuntimeError):
+    """Start-up cannot go on; the message is the one line to print (it names the setting)."""
+
+
+async def check_database(uri: str, name: str) -> None:
+    """One connection, bounded by DB_CONNECT_TIMEOUT: an unreachable database is one line naming
+    ``name`` and the reason, not a pool retrying in silence and a traceback."""
+    try:
+        conn = await asyncio.wait_for(
+            psycopg.AsyncConnection.connect(uri, connect_timeout=int(DB_CONNECT_TIMEOUT)), DB_CONNECT_TIMEOUT
+        )
+    except (psycopg.Error, OSError, TimeoutError) as e:
+        lines = str(e).strip().splitlines()
+        reason = lines[0] if lines else type(e).__name__
+        raise StartupError(f"{name}: cannot connect to the database: {reason}") from None
+    await conn.close()
+
+
+def make_pool(uri: str, size: int) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        uri,
+        min_size=1,
+        max_size=size,
+        open=False,
+        name="oxidicom",
+        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
+    )
+
+
+def bind_listener(settings: Settings) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.listener_address, settings.listener_port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class TelemetryEndpoint:
+    endpoint: Endpoint
+    heartbeat: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        self.heartbeat.cancel()
+        await asyncio.to_thread(self.endpoint.stop)
+
+
+def start_endpoint(settings: Settings, db_uri: str, workers: Callable[[], tuple[int, int]]) -> TelemetryEndpoint | None:
+    """``/metrics``, ``/livez`` and ``/readyz`` on ``OXIDICOM_METRICS_PORT`` (None when unset)."""
+    if settings.metrics_port is None:
+        return None
+    from oxidicom_py.telemetry.endpoint import Endpoint
+    from oxidicom_py.telemetry.health import Health
+
+    health = Health(db_uri, settings.files_root.resolve(), workers)
+    endpoint = Endpoint(health, settings.metrics_address, settings.metrics_port)
+    endpoint.start()
+    return TelemetryEndpoint(endpoint, asyncio.create_task(health.heartbeat()))
+
+
+def on_stop_signal(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, callback)
+
+
+def create_slots(workers: int) -> int:
+    """A shared-memory file of association slots for ``workers`` processes (its descriptor)."""
+    return SharedAssociationSlots.create(workers)
+
+
+def reset_slot(fd: int, index: int) -> None:
+    """Give back the slots a dead worker held."""
+    SharedAssociationSlots.reset(fd, index)
