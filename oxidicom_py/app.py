@@ -26,6 +26,7 @@ from oxidicom_py.completion import progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
 from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
+from oxidicom_py.flow import Pipeline
 from oxidicom_py.net import tls
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
@@ -33,7 +34,7 @@ from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.settings import Settings
-from oxidicom_py.storage.ingest import Ingest
+from oxidicom_py.storage.ingest import StorageStage
 from oxidicom_py.storage.writer import FilesRoot
 from oxidicom_py.telemetry import metrics, multiproc, tracing
 
@@ -69,7 +70,8 @@ async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool:
 @dataclass
 class Worker:
     listener: Listener | PynetdicomListener
-    ingest: Ingest
+    ingest: StorageStage
+    pipeline: Pipeline
     registrar: Registrar
     pool: AsyncConnectionPool
     executor: ThreadPoolExecutor
@@ -103,7 +105,8 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
         cfind_executor,
         executor if files.fsync else None,
     )
-    ingest = Ingest(files, registrar.submit, executor if files.fsync else None, tracker)
+    pipeline = Pipeline(registrar, tracker)
+    ingest = StorageStage(files, executor if files.fsync else None, pipeline.observe)
     config = AcceptorConfig(
         ae_title=settings.scp_aet,
         max_pdu_length=settings.scp_max_pdu_length,
@@ -132,7 +135,9 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
-    return Worker(listener, ingest, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler)
+    return Worker(
+        listener, ingest, pipeline, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler
+    )
 
 
 async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
@@ -161,9 +166,9 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
     worker.sampler.cancel()
     metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
     try:
-        await asyncio.wait_for(worker.ingest.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)
+        await asyncio.wait_for(worker.pipeline.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)
     except TimeoutError:
-        log.warning("association spans still open at shutdown", extra={"open": len(worker.ingest.span_tasks)})
+        log.warning("association spans still open at shutdown", extra={"open": len(worker.pipeline.span_tasks)})
     await worker.pool.close()
     worker.executor.shutdown(wait=True)
     worker.cfind_executor.shutdown(wait=False, cancel_futures=True)
@@ -187,8 +192,8 @@ def _backlog_check(registrar: Registrar, limit: int) -> Callable[[], str | None]
 def _freeze_start_up_objects() -> None:
     """Move everything start-up allocated (modules, the OpenTelemetry SDK, pydicom's
     dictionaries) out of the collector's sight: a full collection in the middle of an
-    association then walks only what receiving allocates (measured: 40-55 ms pauses with
-    tracing on, 11-25 ms without, about halved by this)."""
+    association then walks only what receiving allocates: shorter pauses at the end of big
+    associations (the measurement is in docs/benchmark.md, "Telemetry cost")."""
     gc.collect()
     gc.freeze()
 
@@ -268,7 +273,7 @@ async def serve_single(settings: Settings) -> int:
                 },
             )
 
-        share = WorkerShare(settings.db_pool, settings.listener_threads)
+        share = WorkerShare(settings.db_pool, settings.max_associations)
         clean = await run_worker(settings, prepared.db_uri, sock, share, on_ready=ready, reconcile=True)
         serving[0] = 0
     finally:
@@ -286,7 +291,7 @@ class PoolTarget:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         workers = settings.listener_processes
-        self.share = WorkerShare(max(1, settings.db_pool // workers), settings.listener_threads)
+        self.share = WorkerShare(max(1, settings.db_pool // workers), settings.max_associations)
         self._pool: AsyncConnectionPool | None = None
         self._registrar: Registrar | None = None
         self._reconciler: Reconciler | None = None

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--slots-fd", type=int, default=-1, help="shared association slots (see net/slots.py)")
     worker.add_argument("--workers", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
-    from oxidicom_py.completion import watch
+    from oxidicom_py.commands import watch
 
     watch.add_parser(sub)
     args = parser.parse_args(argv)

@@ -463,7 +463,7 @@ class Settings:
         doc="A series still `receiving` that gets nothing for this many seconds is ended (see CUSTOM_SPEC.md).",
         ours=True,
     )
-    listener_threads: int = setting(
+    max_associations: int = setting(
         "OXIDICOM_LISTENER_THREADS",
         _int(1, 100_000),
         default=64,

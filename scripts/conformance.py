@@ -42,9 +42,9 @@ from pydicom.uid import UID  # noqa: E402
 
 from oxidicom_py import runtime  # noqa: E402
 from oxidicom_py import settings as settings_module  # noqa: E402
-from oxidicom_py.completion import cfind  # noqa: E402
 from oxidicom_py.dicom import acse, contexts, dimse, pdu  # noqa: E402
 from oxidicom_py.dicom.storage_classes import STANDARD_STORAGE_CLASSES  # noqa: E402
+from oxidicom_py.net import cfind_scu as cfind  # noqa: E402
 from oxidicom_py.storage import part10  # noqa: E402
 
 DOCUMENT = ROOT / "CONFORMANCE.md"

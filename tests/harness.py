@@ -23,8 +23,8 @@ from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
-from oxidicom_py.registry.rows import PacsFileRow
-from oxidicom_py.storage.ingest import Ingest
+from oxidicom_py.record import PacsFileRow
+from oxidicom_py.storage.ingest import StorageStage
 from oxidicom_py.storage.writer import FilesRoot
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,23 @@ def load_script(name: str) -> Any:
     return module
 
 
+class Collector:
+    """Storage's observer in tests: tells the receiver of every stored row and of each
+    association's counts at its end."""
+
+    def __init__(self, receiver: InProcessReceiver) -> None:
+        self.receiver = receiver
+
+    def validated(self, row: PacsFileRow) -> None:
+        pass
+
+    def stored(self, row: PacsFileRow) -> None:
+        self.receiver._stored(row)
+
+    def ended(self, outcome: str, counts: Any) -> None:
+        self.receiver.outcomes.append(counts)
+
+
 class InProcessReceiver:
     """The real listener and storage path on a background uvloop; registration collected in a list."""
 
@@ -101,7 +118,7 @@ class InProcessReceiver:
             raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
         self.implementation = implementation
         self.rows: list[PacsFileRow] = []
-        self.outcomes: list[str] = []
+        self.outcomes: list[Any] = []
         self.files = FilesRoot(files_root, fsync=fsync)
         self.config = AcceptorConfig(
             ae_title,
@@ -117,24 +134,17 @@ class InProcessReceiver:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
 
-    def _submit(self, row: PacsFileRow, extra: object = None) -> asyncio.Future[bool]:
+    def _observe(self, info: object) -> Collector:
+        return Collector(self)
+
+    def _stored(self, row: PacsFileRow) -> None:
         self.rows.append(row)
-        fut: asyncio.Future[bool] = self.loop.create_future()
-        fut.set_result(True)
-        return fut
 
     def __enter__(self) -> InProcessReceiver:
         self._thread.start()
 
         async def start() -> int:
-            self.ingest = Ingest(self.files, self._submit, None)
-            original = self.ingest._closed
-
-            def closed(store: Any) -> None:
-                self.outcomes.append(store.counts)
-                original(store)
-
-            self.ingest._closed = closed  # type: ignore[method-assign]
+            self.ingest = StorageStage(self.files, None, self._observe)
             if self.implementation == "pynetdicom":
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.bind((LOOPBACK, 0))

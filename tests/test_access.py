@@ -101,6 +101,7 @@ def test_a_trickling_sender_is_aborted_and_a_steady_one_is_not(tmp_path: Path) -
         slow = RawScu(rx.port, [(1, MR, [EXPLICIT])])
         body = dataset_bytes(files[0])
         whole = p_data(1, body, command=False)
+        trickle_started = time.monotonic()
         slow.send(whole[:20])  # the PDU header and a little of its PDV
         aborted_at = None
         for i in range(20, min(len(whole), 20 + 100)):  # at most 100 bytes, about 5 s
@@ -113,6 +114,9 @@ def test_a_trickling_sender_is_aborted_and_a_steady_one_is_not(tmp_path: Path) -
                 break
             time.sleep(0.05)
         assert aborted_at is not None, "the trickling sender was never aborted"
+        # aborted once the PDU is 0.4 s old (to the millisecond in tests/unit/test_acceptor.py;
+        # here a bound with room for a busy machine's scheduling)
+        assert 0.35 <= aborted_at - trickle_started < 1.5, aborted_at - trickle_started
         pdu_type, _ = slow.recv_pdu()
         assert pdu_type == pdu.A_ABORT
         assert len(rx.stored()) == 4 and rx.staged() == []

@@ -28,7 +28,7 @@ from oxidicom_py.dicom import dimse, pdu
 from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.net.protocol import AssociationProtocol
-from oxidicom_py.storage.ingest import Ingest
+from oxidicom_py.storage.ingest import StorageStage
 from oxidicom_py.storage.writer import FilesRoot
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -65,13 +65,7 @@ _VALID_RQ = associate_rq([(1, MR, [EXPLICIT])], called="OXI")
 def _run_protocol(chunks: list[bytes], root: Path) -> tuple[AssociationProtocol, _Transport]:
     async def scenario() -> tuple[AssociationProtocol, _Transport]:
         files = FilesRoot(root, fsync=False)
-
-        def submit(row: Any, extra: Any = None) -> asyncio.Future[bool]:
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            future.set_result(True)
-            return future
-
-        ingest = Ingest(files, submit, None)
+        ingest = StorageStage(files, None)
         proto = AssociationProtocol(
             AcceptorConfig("OXI", 16384, True, AcceptancePolicy(), artim_timeout=5), ingest.association
         )

@@ -25,8 +25,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from oxidicom_py.completion import cfind
-from oxidicom_py.completion.cfind import SeriesCount, query_series_count
+from oxidicom_py.net import cfind_scu as cfind
+from oxidicom_py.net.cfind_scu import SeriesCount, query_series_count
 
 pytestmark = pytest.mark.integration
 

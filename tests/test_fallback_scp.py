@@ -194,7 +194,7 @@ def test_every_kind_of_transfer_syntax_is_stored_as_sent(tmp_path: Path, impleme
 
 
 class _SinkSpy:
-    """Wraps an Ingest's association handlers to record the size of every ``write``."""
+    """Wraps an StorageStage's association handlers to record the size of every ``write``."""
 
     def __init__(self, on_established: Callable[[Any], Any]) -> None:
         self.on_established = on_established

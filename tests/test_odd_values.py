@@ -35,9 +35,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.completion import progress
 from oxidicom_py.dicom import dimse
+from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow
 from oxidicom_py.registry.registrar import Registrar, RowRejectedError
-from oxidicom_py.registry.rows import PacsFileRow
-from oxidicom_py.registry.schema import COLUMN_LIMITS, ensure_schema
+from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.storage import header
 from oxidicom_py.storage.ingest import make_row, values_with_pydicom
 from oxidicom_py.storage.naming import first_value
@@ -501,11 +501,9 @@ class RegisteringReceiver(InProcessReceiver):
         self.logger = logger
         self.futures: list[asyncio.Future[bool]] = []
 
-    def _submit(self, row: PacsFileRow, extra: object = None) -> asyncio.Future[bool]:
+    def _stored(self, row: PacsFileRow) -> None:
         self.rows.append(row)
-        future = self.registrar.submit(row)
-        self.futures.append(future)
-        return future
+        self.futures.append(self.registrar.submit(row))
 
     def __enter__(self) -> RegisteringReceiver:
         super().__enter__()

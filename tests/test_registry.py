@@ -19,12 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow, clean_text
 from oxidicom_py.registry import batch_sql
 from oxidicom_py.registry.embedded import EmbeddedPostgres, stop_stale_servers
-from oxidicom_py.registry.fitting import clean_text, fit_row, parse_birth_date
+from oxidicom_py.registry.fitting import fit_row, parse_birth_date
 from oxidicom_py.registry.registrar import Registrar, RegistrarClosedError, RowRejectedError
-from oxidicom_py.registry.rows import PacsFileRow
-from oxidicom_py.registry.schema import COLUMN_LIMITS, INDEXES, ensure_schema, ensure_schema_sync
+from oxidicom_py.registry.schema import INDEXES, ensure_schema, ensure_schema_sync
 
 LOG = logging.getLogger("tests.registry")
 AET = "OXITESTORTHANC"

@@ -57,7 +57,7 @@ def test_every_documented_variable_takes_effect() -> None:
     assert s.scp_strict and s.scp_uncompressed_only and s.scp_promiscuous
     assert s.scp_max_pdu_length == 16384 and s.scp_artim_timeout == 2.5
     assert s.pacs_address == {"OXITESTORTHANC": ("orthanc", 4242)}
-    assert (s.listener_threads, s.listener_port, s.listener_address) == (4, 11112, "127.0.0.1")
+    assert (s.max_associations, s.listener_port, s.listener_address) == (4, 11112, "127.0.0.1")
     assert s.verbose and s.log_level == "DEBUG"
     assert set(env) <= set(settings.DOCUMENTED)
 

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from harness import wait_until
 
-from oxidicom_py.completion import watch
-from oxidicom_py.completion.watch import (
+from oxidicom_py.commands import watch
+from oxidicom_py.commands.watch import (
     EXIT_COMPLETE,
     EXIT_DATABASE,
     EXIT_INCOMPLETE,

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from oxidicom_py.completion import progress
-from oxidicom_py.completion.cfind import SeriesCount, query_series_count
 from oxidicom_py.dicom.events import AssociationInfo
 from oxidicom_py.dicom.once import OncePer
 from oxidicom_py.identity import MARKER_PACS
-from oxidicom_py.registry.registrar import Extra, Registrar
-from oxidicom_py.registry.rows import PacsFileRow
+from oxidicom_py.net.cfind_scu import SeriesCount, query_series_count
+from oxidicom_py.record import PacsFileRow
+from oxidicom_py.registry.registrar import InTransaction, Registrar
 from oxidicom_py.storage.writer import FilesRoot
 from oxidicom_py.telemetry import metrics, tracing
 from oxidicom_py.telemetry.logs import ContextLogger
@@ -155,7 +155,7 @@ class AssociationSeries:
             s.count_task = self.tracker.spawn(self._number_of_series_related_instances(s))
         s.attempted += 1
 
-    def registering(self, row: PacsFileRow) -> Extra | None:
+    def registering(self, row: PacsFileRow) -> InTransaction | None:
         """The SQL to run with this instance's row (the first of a series opens it in progress)."""
         s = self.series[posixpath.dirname(row.fname)]
         if s.started_registered:

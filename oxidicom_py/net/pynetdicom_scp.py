@@ -2,7 +2,7 @@
 
 Selected with ``OXIDICOM_SCP_IMPLEMENTATION=pynetdicom``. Every instance still goes through
 :mod:`oxidicom_py.storage.ingest` (validation, paths, atomic write, registration) on the
-worker's event loop; pynetdicom only does the networking. It is slower (it polls with 1 ms
+worker's event loop; pynetdicom only does the networking. It is slower (it polls with short
 sleeps, and every dataset is written twice) and does not enforce ``OXIDICOM_SCP_STRICT``,
 ``OXIDICOM_SCP_PDU_TIMEOUT`` or ``OXIDICOM_SCP_ALLOWED_NETWORKS``.
 
@@ -15,9 +15,8 @@ event loop (``begin_instance`` -> ``write`` per chunk -> ``finish``), so the loo
 blocked for a whole file. The temporary file is removed after the C-STORE whatever its
 outcome; one left by an association that ended mid-dataset is removed when the association
 ends, and one left by a worker that died matches the staging leftovers the supervisor
-removes (``{pid}-*.part``). Measured (``OXIDICOM_LISTENER_PROCESSES=1``, DCMTK ``storescu``,
-VmHWM of the serve process): a 210 MB instance raises the worker's peak RSS by 6 MB (it
-was +404 MB when each dataset was held in memory; the asyncio acceptor: +0 MB).
+removes (``{pid}-*.part``). The peak memory this costs is in RELIABILITY.md, and checked by
+``tests/test_fallback_scp.py``.
 
 pynetdicom 3.0 internals used (check them on upgrade): ``pynetdicom.dimse_messages`` calls
 ``NamedTemporaryFile`` by that module-level name from the DUL reader thread, whose ``assoc``
@@ -166,7 +165,7 @@ class PynetdicomListener:
     ) -> None:
         """``temp_dir``: where pynetdicom writes each dataset as it arrives; by default the
         staging folder of the files root ``on_established`` stores into (an
-        :meth:`Ingest.association <oxidicom_py.storage.ingest.Ingest.association>`), else
+        :meth:`StorageStage.association <oxidicom_py.storage.ingest.StorageStage.association>`), else
         the system's temporary folder."""
         self.config = config
         self._on_established = on_established
@@ -391,7 +390,7 @@ class PynetdicomListener:
 
 
 def _staging_of(on_established: Callable[..., Any]) -> Path | None:
-    """The staging folder of the files root behind ``on_established`` (an Ingest's method)."""
+    """The staging folder of the files root behind ``on_established`` (an StorageStage's method)."""
     files = getattr(getattr(on_established, "__self__", None), "files", None)
     staging = getattr(files, "staging", None)
     return Path(staging) if staging is not None else None

@@ -7,9 +7,9 @@ is already committed, in the same statement, or being inserted by a concurrent t
 without duplicate fnames, so concurrent batches take their index locks in the same order.
 
 The rows go in as one ``INSERT ... SELECT ... FROM unnest(<15 arrays>)`` with the arrays
-bound in binary format. Measured against COPY into a temp table + ``INSERT ... SELECT``
-and against a pipelined ``executemany`` (same embedded server, 1-2 concurrent batches),
-it is ~1.4x faster for batches of 20, equal at 100 and within noise at 500.
+bound in binary format: against COPY into a temp table + ``INSERT ... SELECT`` and against a
+pipelined ``executemany`` it was faster for small batches and equal for large ones (session 1's
+measurement; ``bench/`` is where such figures belong).
 """
 
 from __future__ import annotations

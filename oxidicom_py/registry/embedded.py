@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
+from urllib.parse import quote
 
 import psutil
 
@@ -317,3 +318,46 @@ def _stop_postmaster(pgdata: Path, pid: int, bin_path: Path) -> None:
             proc.wait(_SIGNAL_WAIT)
     except psutil.NoSuchProcess:
         pass
+
+
+# -- for clients: the one place that knows where the embedded server listens -----------------
+
+
+class NotRunningError(RuntimeError):
+    """No embedded server runs on that data directory; the message says why."""
+
+
+def client_uri(pgdata: Path) -> str:
+    """The URI of the server running on ``pgdata`` (it listens on a Unix socket in that folder):
+    ``postgresql://postgres:@/postgres?host=<pgdata>[&port=N]``, for clients such as ``watch``."""
+    pgdata = Path(pgdata).expanduser().resolve()
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    except OSError:
+        raise NotRunningError(f"the embedded database in {pgdata} is not running (no postmaster.pid)") from None
+
+    def field(index: int) -> int | None:
+        try:
+            return int(lines[index].strip())
+        except (IndexError, ValueError):
+            return None
+
+    pid, port = field(0), field(3)
+    if pid is not None and pid > 0 and not _pid_alive(pid):
+        raise NotRunningError(
+            f"the embedded database in {pgdata} is not running (stale postmaster.pid, process {pid} is gone)"
+        )
+    uri = f"postgresql://postgres:@/postgres?host={quote(str(pgdata), safe='/')}"
+    if port is not None and port != 5432:
+        uri += f"&port={port}"
+    return uri
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # the server runs as another user (``pgserver`` when we are root)
+        return True
+    return True

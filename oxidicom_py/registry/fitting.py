@@ -18,8 +18,8 @@ import logging
 import re
 from typing import Final, NamedTuple
 
-from oxidicom_py.registry.rows import PacsFileRow, log_fields
-from oxidicom_py.registry.schema import COLUMN_LIMITS, INT4_MAX, INT4_MIN, PACS_IDENTIFIER_MAX
+from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow, clean_text, log_fields
+from oxidicom_py.registry.schema import INT4_MAX, INT4_MIN, PACS_IDENTIFIER_MAX
 
 _DATE_RE: Final = re.compile(r"(\d{4})(\d{2})(\d{2})|(\d{4})-(\d{2})-(\d{2})", re.ASCII)
 
@@ -45,29 +45,6 @@ class DbRow(NamedTuple):
 
 
 TEXT_COLUMNS: Final = tuple(name for name in DbRow._fields if name in COLUMN_LIMITS)
-
-
-def clean_text(value: str | None) -> tuple[str, bool]:
-    """Return ``value`` without NUL and lone surrogates, and whether surrogates were dropped."""
-    if value is None:
-        return "", False
-    text = str(value)
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    if text.isascii():
-        return text, False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # UTF-16 round trip: a high+low surrogate pair becomes the real character, lone ones go.
-        fixed = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "ignore")
-        return fixed, True
-    return text, False
-
-
-def fit_text(value: str | None, limit: int) -> str:
-    """``value`` as a ``varchar(limit)`` column stores it: :func:`clean_text`, then cut to ``limit``."""
-    return clean_text(value)[0][:limit]
 
 
 def parse_birth_date(raw: str | None) -> tuple[dt.date | None, bool]:

@@ -26,8 +26,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.dicom.contexts import dataset_encoding
 from oxidicom_py.identity import MARKER_PACS
+from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry.registrar import Registrar
-from oxidicom_py.registry.rows import PacsFileRow
 from oxidicom_py.registry.schema import PACSFILE_TABLE
 from oxidicom_py.storage import header
 from oxidicom_py.storage.ingest import check_required, make_row, values_with_pydicom

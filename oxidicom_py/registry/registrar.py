@@ -36,9 +36,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.identity import MARKER_PACS
+from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
 from oxidicom_py.registry.fitting import DbRow, fit_row
-from oxidicom_py.registry.rows import PacsFileRow, log_fields
 from oxidicom_py.telemetry import metrics, tracing
 
 __all__ = ["Registrar", "RegistrarClosedError", "RegistrarError", "RowRejectedError"]
@@ -61,7 +61,7 @@ class RegistrarClosedError(RegistrarError):
     """``close()`` ran out of time before this row's batch committed (outcome unknown)."""
 
 
-Extra = Callable[[psycopg.AsyncConnection], Awaitable[None]]
+InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
 """More SQL to run in the transaction that registers a row (must be idempotent: it runs again
 if the row's batch is retried after a COMMIT whose outcome was unknown)."""
 
@@ -75,7 +75,7 @@ class _Item:
     future: asyncio.Future[bool]
     enqueued: float
     resolved: bool = False
-    extra: Extra | None = None
+    extra: InTransaction | None = None
     outcome: int = 0  # _INSERTED, _ALREADY or _REJECTED once settled
 
 
@@ -156,7 +156,9 @@ class Registrar:
             raise RuntimeError("registrar already started")
         self._loop = asyncio.get_running_loop()
 
-    def submit(self, row: PacsFileRow, extra: Extra | None = None, *, urgent: bool = False) -> asyncio.Future[bool]:
+    def submit(
+        self, row: PacsFileRow, extra: InTransaction | None = None, *, urgent: bool = False
+    ) -> asyncio.Future[bool]:
         """Queue ``row``; the future resolves after its batch commits (``False``: duplicate).
 
         ``extra`` runs in the same transaction, after the insert, whether or not the row was

@@ -15,6 +15,8 @@ from typing import Final
 
 import psycopg
 
+from oxidicom_py.record import COLUMN_LIMITS
+
 ADVISORY_LOCK_KEY: Final = 0x6F786964_69636F6D  # b"oxidicom" as a signed 64-bit key
 """Key of the ``pg_advisory_xact_lock`` taken while the schema is checked/created."""
 
@@ -23,21 +25,6 @@ PACSFILE_TABLE: Final = "pacsfiles_pacsfile"
 
 PACS_IDENTIFIER_MAX: Final = 20
 """``pacsfiles_pacs.identifier`` is ``varchar(20)``."""
-
-COLUMN_LIMITS: Final[dict[str, int]] = {
-    "fname": 512,
-    "PatientID": 100,
-    "PatientName": 150,
-    "PatientSex": 1,
-    "AccessionNumber": 100,
-    "Modality": 15,
-    "ProtocolName": 64,
-    "StudyInstanceUID": 100,
-    "StudyDescription": 400,
-    "SeriesInstanceUID": 100,
-    "SeriesDescription": 400,
-}
-"""Maximum length (characters) of every ``varchar`` column of ``pacsfiles_pacsfile``."""
 
 INT4_MIN: Final = -(2**31)
 INT4_MAX: Final = 2**31 - 1

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pydicom
 
@@ -25,21 +25,15 @@ from oxidicom_py.dicom import dimse
 from oxidicom_py.dicom.contexts import dataset_encoding
 from oxidicom_py.dicom.events import AssociationInfo, StoreResult
 from oxidicom_py.dicom.negotiation import AcceptedContext
-from oxidicom_py.registry.fitting import fit_text
-from oxidicom_py.registry.registrar import Extra
-from oxidicom_py.registry.rows import PacsFileRow
-from oxidicom_py.registry.schema import COLUMN_LIMITS
+from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow, fit_text
 from oxidicom_py.storage import header
 from oxidicom_py.storage.dates import parse_study_date
 from oxidicom_py.storage.naming import first_value, fitted_instance_path, instance_path, tts
 from oxidicom_py.storage.part10 import file_header
 from oxidicom_py.storage.patient_age import parse_patient_age
 from oxidicom_py.storage.writer import FilesRoot, StagedFile
-from oxidicom_py.telemetry import metrics, tracing
+from oxidicom_py.telemetry import metrics
 from oxidicom_py.telemetry.logs import ContextLogger
-
-if TYPE_CHECKING:
-    from oxidicom_py.completion.tracker import Tracker
 
 log = logging.getLogger("oxidicom_py.storage")
 
@@ -47,7 +41,22 @@ REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientI
 MAX_HEADER_PREFIX = 64 << 20
 """Past this many bytes without reaching (0020,0013), the header is read from the staged file."""
 
-Submit = Callable[[PacsFileRow, Extra | None], "asyncio.Future[bool]"]
+
+class AssociationObserver(Protocol):
+    """What sits above storage for one association (:class:`oxidicom_py.flow.AssociationFlow`):
+    told, in order, what storage did; storage knows nothing of the registry or of completion."""
+
+    def validated(self, row: PacsFileRow) -> None:
+        """An instance passed validation and is about to be stored (it counts as attempted)."""
+
+    def stored(self, row: PacsFileRow) -> None:
+        """An instance is in its final place and answered Success: its row is to be registered."""
+
+    def ended(self, outcome: str, counts: AssociationCounts) -> None:
+        """The association is over and every instance it acknowledged was handed on."""
+
+
+Observe = Callable[[AssociationInfo], AssociationObserver]
 
 
 @dataclass(slots=True)
@@ -60,48 +69,33 @@ class AssociationCounts:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-class Ingest:
-    """Process-wide: where files go, who registers them, how many associations are open."""
+class StorageStage:
+    """Process-wide: where files go, who is told about each association, how many are open."""
 
-    def __init__(
-        self, files: FilesRoot, submit: Submit, executor: Executor | None, tracker: Tracker | None = None
-    ) -> None:
+    def __init__(self, files: FilesRoot, executor: Executor | None, observe: Observe | None = None) -> None:
         self.files = files
-        self.submit = submit
         self.executor = executor
-        self.tracker = tracker
-        self.active: set[AssociationStore] = set()
+        self.observe = observe
+        self.active: set[AssociationStorage] = set()
         self.idle = asyncio.Event()
         self.idle.set()
-        self.span_tasks: set[asyncio.Task[None]] = set()
-        """Association spans waiting for their rows' registration (only while tracing is on)."""
 
-    def association(self, info: AssociationInfo) -> AssociationStore:
-        store = AssociationStore(self, info)
+    def association(self, info: AssociationInfo) -> AssociationStorage:
+        store = AssociationStorage(self, info)
         self.active.add(store)
         self.idle.clear()
         return store
 
-    def _closed(self, store: AssociationStore) -> None:
+    def _closed(self, store: AssociationStorage) -> None:
         self.active.discard(store)
         if not self.active:
             self.idle.set()
 
-    def _spawn_span_end(self, store: AssociationStore) -> None:
-        task = asyncio.get_running_loop().create_task(store._end_span())
-        self.span_tasks.add(task)
-        task.add_done_callback(self.span_tasks.discard)
 
-    async def spans_ended(self) -> None:
-        """Wait until every association span has ended (at drain, after the registrar closed)."""
-        while self.span_tasks:
-            await asyncio.gather(*list(self.span_tasks), return_exceptions=True)
-
-
-class AssociationStore:
+class AssociationStorage:
     """The storage side of one association."""
 
-    def __init__(self, ingest: Ingest, info: AssociationInfo) -> None:
+    def __init__(self, ingest: StorageStage, info: AssociationInfo) -> None:
         self.ingest = ingest
         self.info = info
         self.counts = AssociationCounts()
@@ -117,19 +111,7 @@ class AssociationStore:
         metrics.ASSOCIATIONS.labels(ae).inc()
         metrics.ASSOCIATIONS_ACTIVE.inc()
         self._started = time.monotonic()
-        self.span = tracing.start_span(
-            tracing.ASSOCIATION,
-            {
-                "oxidicom.association.ulid": info.ulid,
-                "dicom.calling_ae_title": info.calling_ae,
-                "dicom.called_ae_title": info.called_ae,
-                "client.address": info.peer[0],
-                "client.port": info.peer[1],
-            },
-            kind="SERVER",
-        )
-        self.registrations: list[asyncio.Future[bool]] | None = [] if self.span is not None else None
-        self.series = ingest.tracker.association(info, self.span) if ingest.tracker is not None else None
+        self.observer = ingest.observe(info) if ingest.observe is not None else None
 
     def begin_instance(self, command: dimse.Command, context: AcceptedContext) -> IncomingInstance:
         self.counts.received += 1
@@ -153,12 +135,10 @@ class AssociationStore:
     def _finish(self) -> None:
         """The association is over and every instance it acknowledged has been handed on."""
         outcome = self._outcome
-        if self.series is not None:
-            self.series.ended(outcome)
+        if self.observer is not None:
+            self.observer.ended(outcome, self.counts)
         metrics.ASSOCIATIONS_ACTIVE.dec()
         metrics.ASSOCIATION_DURATION.observe(time.monotonic() - self._started)
-        if self.span is not None:
-            self.ingest._spawn_span_end(self)
         c = self.counts
         self.log.info(
             "association ended: %s",
@@ -173,27 +153,6 @@ class AssociationStore:
             },
         )
         self.ingest._closed(self)
-
-    async def _end_span(self) -> None:
-        """End the association's span once its rows are registered (to report duplicates)."""
-        assert self.span is not None and self.registrations is not None
-        results = await asyncio.gather(*self.registrations, return_exceptions=True)
-        c = self.counts
-        self.span.set_attributes(
-            {
-                "oxidicom.association.outcome": self._outcome,
-                "oxidicom.instances.received": c.received,
-                "oxidicom.instances.stored": c.stored,
-                "oxidicom.instances.rejected": c.rejected,
-                "oxidicom.instances.failed": c.failed,
-                "oxidicom.instances.duplicate": sum(1 for r in results if r is False),
-                "oxidicom.instances.registration_failed": sum(1 for r in results if isinstance(r, BaseException)),
-                "oxidicom.bytes_received": c.bytes,
-            }
-        )
-        if self._outcome != "released":
-            tracing.set_error(self.span, self._outcome)
-        self.span.end()
 
 
 class IncomingInstance:
@@ -210,7 +169,7 @@ class IncomingInstance:
         "store",
     )
 
-    def __init__(self, store: AssociationStore, command: dimse.Command, context: AcceptedContext) -> None:
+    def __init__(self, store: AssociationStorage, command: dimse.Command, context: AcceptedContext) -> None:
         self.store = store
         self.command = command
         self.context = context
@@ -322,8 +281,8 @@ class IncomingInstance:
                 },
             )
         row = make_row(path, aet, values, study_date, self.store.info.ulid)
-        if self.store.series is not None:
-            self.store.series.attempted(row)
+        if self.store.observer is not None:
+            self.store.observer.validated(row)
         files = self.store.ingest.files
         if files.fsync and self.store.ingest.executor is not None:
             return self._commit_in_executor(staged, path, row)
@@ -352,12 +311,8 @@ class IncomingInstance:
         store.counts.stored += 1
         store.m_stored.inc()
         self.staged = None
-        series = store.series
-        future = store.ingest.submit(row, series.registering(row) if series is not None else None)
-        if series is not None:
-            series.registered(row, future)
-        if store.registrations is not None:
-            store.registrations.append(future)
+        if store.observer is not None:
+            store.observer.stored(row)
         self.store.log.debug("stored", extra={"path": row.fname})
         return StoreResult(dimse.SUCCESS)
 

@@ -37,21 +37,19 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, TextIO
-from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from oxidicom_py import settings as settings_mod
+from oxidicom_py.registry import embedded
 from oxidicom_py.registry.schema import PROGRESS_CHANNEL, PROGRESS_TABLE
 
 EXIT_COMPLETE: Final = 0
@@ -320,52 +318,17 @@ class LiveView:
 # -- database ---------------------------------------------------------------------------------------
 
 
-def _postmaster_info(pgdata: Path) -> tuple[int | None, int | None]:
-    """(pid, port) from ``postmaster.pid``, either ``None`` when unreadable."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-    except OSError:
-        return None, None
-
-    def field(index: int) -> int | None:
-        try:
-            return int(lines[index].strip())
-        except (IndexError, ValueError):
-            return None
-
-    return field(0), field(3)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the server runs as another user (``pgserver`` when we are root)
-        return True
-    return True
-
-
 def database_uri(s: settings_mod.Settings) -> str:
     """``OXIDICOM_DB_CONNECTION``, else the URI of the running embedded server of the state dir."""
     if s.db_connection is not None:
         return s.db_connection
-    pgdata = s.pgdata.expanduser().resolve()
-    hint = "start the receiver (oxidicom-py serve) or set OXIDICOM_DB_CONNECTION"
-    if not (pgdata / "postmaster.pid").is_file():
+    try:
+        return embedded.client_uri(s.pgdata)
+    except embedded.NotRunningError as e:
         raise DatabaseUnavailableError(
-            f"the embedded database in {pgdata} is not running (no postmaster.pid; OXIDICOM_STATE_DIR={s.state_dir}): "
-            + hint
-        )
-    pid, port = _postmaster_info(pgdata)
-    if pid is not None and pid > 0 and not _alive(pid):
-        raise DatabaseUnavailableError(
-            f"the embedded database in {pgdata} is not running (stale postmaster.pid, process {pid} is gone): " + hint
-        )
-    uri = f"postgresql://postgres:@/postgres?host={quote(str(pgdata), safe='/')}"
-    if port is not None and port != 5432:
-        uri += f"&port={port}"
-    return uri
+            f"{e} (OXIDICOM_STATE_DIR={s.state_dir}): "
+            "start the receiver (oxidicom-py serve) or set OXIDICOM_DB_CONNECTION"
+        ) from None
 
 
 _SELECT: Final = sql.SQL(
