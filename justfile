@@ -12,9 +12,9 @@ serve:
 test *ARGS:
     ./test.sh {{ARGS}}
 
-# only the fast tests (no Orthanc, no serve process)
+# only the fast tests: pure, in memory, no sockets (about 20 s)
 unit:
-    .venv/bin/pytest -q -m "not integration"
+    .venv/bin/pytest -q tests/unit
 
 lint:
     .venv/bin/ruff check oxidicom_py tests sample_data bench
@@ -48,7 +48,7 @@ grafana:
 
 # check docker-compose.yml and deploy/ without a Docker engine (Compose schema, ports, files, dashboard)
 check-stack:
-    .venv/bin/pytest -q tests/test_compose.py
+    .venv/bin/pytest -q tests/unit/test_compose.py
 
 alias up := stack-up
 alias down := stack-down

@@ -16,7 +16,7 @@ blocked for a whole file. The temporary file is removed after the C-STORE whatev
 outcome; one left by an association that ended mid-dataset is removed when the association
 ends, and one left by a worker that died matches the staging leftovers the supervisor
 removes (``{pid}-*.part``). The peak memory this costs is in RELIABILITY.md, and checked by
-``tests/test_fallback_scp.py``.
+``tests/integration/test_fallback_scp.py``.
 
 pynetdicom 3.0 internals used (check them on upgrade): ``pynetdicom.dimse_messages`` calls
 ``NamedTemporaryFile`` by that module-level name from the DUL reader thread, whose ``assoc``

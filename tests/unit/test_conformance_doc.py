@@ -13,7 +13,7 @@ import pytest
 
 from oxidicom_py.dicom import acse, contexts, dimse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "CONFORMANCE.md"
 
 

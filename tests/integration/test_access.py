@@ -22,7 +22,7 @@ from harness import (
     sop_of,
 )
 
-from oxidicom_py.dicom import pdu
+from oxidicom_py.dicom import dimse, pdu
 from oxidicom_py.settings import SettingsError, load
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -99,8 +99,19 @@ def test_a_trickling_sender_is_aborted_and_a_steady_one_is_not(tmp_path: Path) -
         steady.release()
 
         slow = RawScu(rx.port, [(1, MR, [EXPLICIT])])
-        body = dataset_bytes(files[0])
-        whole = p_data(1, body, command=False)
+        sop_class, sop_instance = sop_of(files[0])
+        command = dimse.encode_command(
+            {
+                dimse.AFFECTED_SOP_CLASS_UID: sop_class,
+                dimse.COMMAND_FIELD: dimse.C_STORE_RQ,
+                dimse.MESSAGE_ID: 1,
+                dimse.PRIORITY: 0,
+                dimse.COMMAND_DATA_SET_TYPE: 0,
+                dimse.AFFECTED_SOP_INSTANCE_UID: sop_instance,
+            }
+        )
+        slow.send(p_data(1, command, command=True))  # a whole C-STORE-RQ: the dataset's PDU trickles
+        whole = p_data(1, dataset_bytes(files[0]), command=False)
         trickle_started = time.monotonic()
         slow.send(whole[:20])  # the PDU header and a little of its PDV
         aborted_at = None

@@ -1,10 +1,10 @@
-"""Coverage-guided fuzzing of the upper layer (tests/fuzz_upper_layer.py, atheris) in bounded runs.
+"""Coverage-guided fuzzing of the upper layer (tests/fuzz/fuzz_upper_layer.py, atheris) in bounded runs.
 
 The default run is bounded in count and time (< 60 s on 2 cores). ``OXIDICOM_FUZZ_SECONDS=600``
 turns it into a campaign of that many seconds instead. The fuzzer's own input is never saved
 outside ``tmp_path``; a crash is shown with its input in hex.
 
-A crash found: minimise it, commit it under tests/fuzz_corpus/upper_layer/ (every run then
+A crash found: minimise it, commit it under tests/fuzz/fuzz_corpus/upper_layer/ (every run then
 starts from it) and replay it in a test of its own, xfail(strict=True) until association.py is
 fixed, like test_a_dimse_response_from_the_peer_gets_no_reply was.
 """

@@ -135,7 +135,7 @@ def test_serve_stops_with_one_line_naming_the_variable(tmp_path: Path) -> None:
 def test_the_readme_configuration_table_is_the_declarations() -> None:
     """The README's table is made from the one declaration of each variable: a setting added,
     renamed or re-documented in settings.py without regenerating the README fails here."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("<!-- settings:")
     block = readme[readme.index("\n", start) + 1 : readme.index("<!-- end settings -->")]
     assert block == settings.readme_table(), "out of date: run scripts/readme_settings.py"

@@ -438,7 +438,7 @@ def test_property_path_is_always_safe(aet: str, tags: dict[str, str | None], thr
 
 # --- the 576 paths of the reference ------------------------------------------------------
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = Path(os.environ.get("OXIDICOM_SAMPLE_DATA", PROJECT_ROOT.parent / "shared" / "sample_data"))
 TARBALLS = ("SAG-anon.tar.xz", "example-dicom-structural.tar.xz")
 EXPECTED_PATHS = "expected-paths-OXITESTORTHANC.txt"

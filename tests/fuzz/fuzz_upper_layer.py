@@ -4,8 +4,8 @@ Run it as a script; every argument is a libFuzzer argument (corpus folders, ``-r
 ``-max_total_time=``, ``-seed=``, ``-artifact_prefix=`` ...) except ``--write-seeds DIR``,
 which writes the seed corpus into DIR and exits::
 
-    .venv/bin/python tests/fuzz_upper_layer.py --write-seeds /tmp/corpus
-    nice -n 10 .venv/bin/python tests/fuzz_upper_layer.py -max_total_time=600 /tmp/corpus
+    .venv/bin/python tests/fuzz/fuzz_upper_layer.py --write-seeds /tmp/corpus
+    nice -n 10 .venv/bin/python tests/fuzz/fuzz_upper_layer.py -max_total_time=600 /tmp/corpus
 
 Given files instead of folders, libFuzzer runs each once (to replay a ``crash-*`` file).
 ``-minimize_crash=1`` re-runs
@@ -68,7 +68,7 @@ with atheris.instrument_imports(include=["oxidicom_py"]):
     from oxidicom_py.dicom import config, dimse, events, negotiation, pdu
     from oxidicom_py.net import protocol
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent.parent  # harness.py is in tests/
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
