@@ -133,7 +133,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
             overloaded=_backlog_check(registrar, settings.db_max_pending),
         )
     address = await listener.start_on(sock, ssl=ssl_context)
-    sweeper = asyncio.create_task(_sweep_quiet_series(pool, settings.series_quiescence))
+    sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
     return Worker(
         listener, ingest, pipeline, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler
@@ -203,24 +203,6 @@ async def _sample_gauges(registrar: Registrar, interval: float = 1.0) -> None:
     while True:
         metrics.REGISTRATION_QUEUE_DEPTH.set(registrar.pending)
         await asyncio.sleep(interval)
-
-
-async def _sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:
-    """End series that stopped receiving (see :func:`progress.quiescence_sweep`), forever."""
-    interval = min(max(quiet_seconds / 4, 0.05), 5.0)
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            async with pool.connection() as conn:
-                ended = await progress.quiescence_sweep(conn, quiet_seconds)
-            for pacs, series, state in ended:
-                metrics.SERIES_ENDED.labels(state).inc()
-                log.info(
-                    "series ended by quiescence",
-                    extra={"pacs": pacs, "SeriesInstanceUID": series, "state": state, "quiet_seconds": quiet_seconds},
-                )
-        except Exception as e:  # the database may be down; the next round tries again
-            log.warning("quiescence sweep failed: %s", e)
 
 
 async def run_worker(

@@ -19,23 +19,37 @@ its own transaction inserted. State changes are announced by the table's NOTIFY 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import psycopg
+from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.completion.events import OnSeriesEnded, SeriesEnded
 from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry.fitting import DbRow
 from oxidicom_py.registry.schema import PROGRESS_TABLE
+from oxidicom_py.telemetry import metrics
+
+log = logging.getLogger("oxidicom_py.completion")
 
 _KEY_COLUMNS = 'pacs_identifier, "SeriesInstanceUID", "StudyInstanceUID", "PatientID"'
 
 _COUNT_INSERTED: Final = f"""
+WITH u AS (
+    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
+        AS u(pacs, series, study, patient, n)
+), old AS (  -- the rows as they were before this statement (every part of a WITH sees one snapshot)
+    SELECT o.pacs_identifier, o."SeriesInstanceUID", o.state FROM {PROGRESS_TABLE} o
+    JOIN u ON o.pacs_identifier = u.pacs AND o."SeriesInstanceUID" = u.series
+)
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, received, first_received, last_received, updated)
 SELECT u.pacs, u.series, u.study, u.patient, u.n, now(), now(), now()
-FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[]) AS u(pacs, series, study, patient, n)
+FROM u
 ORDER BY u.pacs, u.series
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     received = p.received + EXCLUDED.received,
@@ -43,7 +57,11 @@ ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     last_received = EXCLUDED.last_received,
     state = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'complete' ELSE 'receiving' END,
     completed = CASE WHEN p.received + EXCLUDED.received = p.expected THEN now() END,
+    end_reason = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'count' END,
     updated = now()
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason,
+    (SELECT o.state FROM old o WHERE o.pacs_identifier = p.pacs_identifier
+     AND o."SeriesInstanceUID" = p."SeriesInstanceUID")
 """
 
 _ASSOCIATION_STARTED: Final = f"""
@@ -54,20 +72,29 @@ ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
                              ELSE array_append(p.open_associations, %(ulid)s) END,
     state = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.state ELSE 'receiving' END,
     completed = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.completed END,
+    end_reason = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.end_reason END,
     updated = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.updated ELSE now() END
 """
 
 _SET_EXPECTED: Final = f"""
+WITH old AS (
+    SELECT state FROM {PROGRESS_TABLE} WHERE pacs_identifier = %(pacs)s AND "SeriesInstanceUID" = %(series)s
+)
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, expected)
 VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, %(expected)s)
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     expected = EXCLUDED.expected,
     state = CASE WHEN p.received = EXCLUDED.expected THEN 'complete' ELSE p.state END,
     completed = CASE WHEN p.received = EXCLUDED.expected THEN coalesce(p.completed, now()) ELSE p.completed END,
+    end_reason = CASE WHEN p.received = EXCLUDED.expected AND p.state = 'receiving' THEN 'count' ELSE p.end_reason END,
     updated = now()
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, (SELECT state FROM old)
 """
 
 _ASSOCIATION_ENDED: Final = f"""
+WITH old AS (
+    SELECT state FROM {PROGRESS_TABLE} WHERE pacs_identifier = %(pacs)s AND "SeriesInstanceUID" = %(series)s
+)
 UPDATE {PROGRESS_TABLE} AS p SET
     open_associations = array_remove(p.open_associations, %(ulid)s),
     state = CASE
@@ -78,9 +105,14 @@ UPDATE {PROGRESS_TABLE} AS p SET
     completed = CASE
         WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.completed
         ELSE coalesce(p.completed, now()) END,
+    end_reason = CASE
+        WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.end_reason
+        WHEN p.state = 'complete' AND p.end_reason = 'count' THEN 'count'
+        WHEN %(released)s THEN 'released'
+        ELSE 'aborted' END,
     updated = now()
 WHERE p.pacs_identifier = %(pacs)s AND p."SeriesInstanceUID" = %(series)s
-RETURNING p.state, cardinality(p.open_associations)
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, (SELECT state FROM old)
 """
 
 _QUIESCENCE_SWEEP: Final = f"""
@@ -93,10 +125,11 @@ UPDATE {PROGRESS_TABLE} AS p SET
     state = CASE WHEN p.expected IS NULL OR p.received >= p.expected THEN 'complete' ELSE 'incomplete' END,
     completed = now(),
     open_associations = '{{}}',
+    end_reason = 'quiescence',
     updated = now()
 FROM quiet
 WHERE p.pacs_identifier = quiet.pacs_identifier AND p."SeriesInstanceUID" = quiet."SeriesInstanceUID"
-RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, 'receiving'
 """
 
 
@@ -126,17 +159,27 @@ async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> N
         await conn.execute(_LOCK_SERIES, (keys,))
 
 
-async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> None:
-    """``on_inserted`` hook of the registrar: add newly registered instances to their series."""
+def _ended(rows: Sequence[tuple[str, str, str, str | None, str | None]]) -> list[SeriesEnded]:
+    """The series these statement results ended: left ``receiving`` in this statement."""
+    return [
+        SeriesEnded(pacs, series, state, reason or "released")
+        for pacs, series, state, reason, before in rows
+        if state in ("complete", "incomplete") and before in ("receiving", None)
+    ]
+
+
+async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> AfterCommit | None:
+    """``on_inserted`` hook of the registrar: add newly registered instances to their series.
+    Returns what to announce once the transaction committed (series that reached their count)."""
     counts: Counter[tuple[str, str, str, str]] = Counter(
         (row.pacs_identifier, row.SeriesInstanceUID, row.StudyInstanceUID, row.PatientID)
         for row in rows
         if row.pacs_identifier != MARKER_PACS
     )
     if not counts:
-        return
+        return None
     keys = sorted(counts)
-    await conn.execute(
+    cursor = await conn.execute(
         _COUNT_INSERTED,
         (
             [k[0] for k in keys],
@@ -146,6 +189,8 @@ async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -
             [counts[k] for k in keys],
         ),
     )
+    ended = _ended(await cursor.fetchall())
+    return (lambda: announce(ended)) if ended else None
 
 
 def _key(pacs: str, series: str, study: str, patient: str) -> dict[str, object]:
@@ -159,9 +204,20 @@ async def association_started(
 
 
 async def set_expected(
-    conn: psycopg.AsyncConnection, *, pacs: str, series: str, study: str, patient: str, expected: int
+    conn: psycopg.AsyncConnection,
+    *,
+    pacs: str,
+    series: str,
+    study: str,
+    patient: str,
+    expected: int,
+    ended: list[SeriesEnded] | None = None,
 ) -> None:
-    await conn.execute(_SET_EXPECTED, {**_key(pacs, series, study, patient), "expected": expected})
+    """``ended`` receives the series if the count ends it (read it after the commit: the
+    transaction may run again on a retry)."""
+    cursor = await conn.execute(_SET_EXPECTED, {**_key(pacs, series, study, patient), "expected": expected})
+    if ended is not None:
+        ended[:] = _ended(await cursor.fetchall())
 
 
 async def association_ended(
@@ -171,19 +227,62 @@ async def association_ended(
     series: str,
     ulid: str,
     released: bool,
-    ended_state: list[str] | None = None,
+    ended: list[SeriesEnded] | None = None,
 ) -> None:
-    """``ended_state`` receives the series' state when this was its last open association
-    (the transaction may run again on a retry: read it after the commit)."""
+    """``ended`` receives the series if this, its last open association, ended it (read it
+    after the commit: the transaction may run again on a retry)."""
     cursor = await conn.execute(
         _ASSOCIATION_ENDED, {"pacs": pacs, "series": series, "ulid": ulid, "released": released}
     )
-    row = await cursor.fetchone()
-    if ended_state is not None:
-        ended_state[:] = [row[0]] if row is not None and row[1] == 0 else []
+    if ended is not None:
+        ended[:] = _ended(await cursor.fetchall())
 
 
-async def quiescence_sweep(conn: psycopg.AsyncConnection, quiet_seconds: float) -> list[tuple[str, str, str]]:
-    """End series that received nothing for ``quiet_seconds``; return (pacs, series, state) of each."""
+async def quiescence_sweep(conn: psycopg.AsyncConnection, quiet_seconds: float) -> list[SeriesEnded]:
+    """End series that received nothing for ``quiet_seconds``; the series ended (to announce
+    after the commit: the caller's connection autocommits)."""
     cursor = await conn.execute(_QUIESCENCE_SWEEP, (quiet_seconds,))
-    return [tuple(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+    return _ended(await cursor.fetchall())
+
+
+async def sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:
+    """End series that stopped receiving (see :func:`quiescence_sweep`), forever."""
+    interval = min(max(quiet_seconds / 4, 0.05), 5.0)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with pool.connection() as conn:  # commits when the block ends
+                ended = await quiescence_sweep(conn, quiet_seconds)
+            announce(ended)
+        except Exception as e:  # the database may be down; the next round tries again
+            log.warning("quiescence sweep failed: %s", e)
+
+
+AfterCommit = Callable[[], None]
+
+_listeners: list[OnSeriesEnded] = []
+
+
+def on_series_ended(listener: OnSeriesEnded) -> None:
+    """Be told of every :class:`SeriesEnded` this process commits (after the commit)."""
+    _listeners.append(listener)
+
+
+def announce(ended: Sequence[SeriesEnded]) -> None:
+    """Tell the listeners (and the metrics, and the log) that these series ended."""
+    for event in ended:
+        metrics.SERIES_ENDED.labels(event.state).inc()
+        log.info(
+            "series ended",
+            extra={
+                "pacs": event.pacs,
+                "SeriesInstanceUID": event.series_uid,
+                "state": event.state,
+                "reason": event.reason,
+            },
+        )
+        for listener in list(_listeners):
+            try:
+                listener(event)
+            except Exception:  # a listener's failure must not undo a committed end
+                log.exception("a series-ended listener failed")

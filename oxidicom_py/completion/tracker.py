@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from oxidicom_py.completion import progress
+from oxidicom_py.completion.events import SeriesEnded
 from oxidicom_py.dicom.events import AssociationInfo
 from oxidicom_py.dicom.once import OncePer
 from oxidicom_py.identity import MARKER_PACS
@@ -243,6 +244,7 @@ class AssociationSeries:
         row = self._marker_row(s, NUMBER_OF_SERIES_RELATED_INSTANCES, value)
         await self.tracker.write_marker(row.fname)
         extra = None
+        ended: list[SeriesEnded] = []
         if result.count is not None:
             extra = functools.partial(
                 progress.set_expected,
@@ -251,8 +253,10 @@ class AssociationSeries:
                 study=s.study_uid,
                 patient=s.patient_id,
                 expected=result.count,
+                ended=ended,
             )
         await self.tracker.registrar.submit(row, extra, urgent=True)
+        progress.announce(ended)
 
     async def _attempted_push_count(self, s: _Series, released: bool) -> None:
         # Every other row of this series from this association must be committed first.
@@ -262,19 +266,18 @@ class AssociationSeries:
         await asyncio.gather(*s.rows, return_exceptions=True)
         row = self._marker_row(s, ATTEMPTED_PUSH_COUNT, str(s.attempted))
         await self.tracker.write_marker(row.fname)
-        ended_state: list[str] = []
+        ended: list[SeriesEnded] = []
         extra = functools.partial(
             progress.association_ended,
             pacs=s.pacs,
             series=s.series_uid,
             ulid=self.info.ulid,
             released=released,
-            ended_state=ended_state,
+            ended=ended,
         )
         with contextlib.suppress(Exception):  # the registrar logs rejections itself
             await self.tracker.registrar.submit(row, extra, urgent=True)
-            if ended_state:
-                metrics.SERIES_ENDED.labels(ended_state[0]).inc()
+            progress.announce(ended)
         self.log.info(
             "OxidicomAttemptedPushCount=%d registered",
             s.attempted,

@@ -65,8 +65,9 @@ InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
 """More SQL to run in the transaction that registers a row (must be idempotent: it runs again
 if the row's batch is retried after a COMMIT whose outcome was unknown)."""
 
-OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[None]]
-"""Called in each batch's transaction with the rows that this transaction newly inserted."""
+OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[Callable[[], None] | None]]
+"""Called in each batch's transaction with the rows that this transaction newly inserted; may
+return an action to run once that transaction has committed (never if it rolled back)."""
 
 
 @dataclass(slots=True)
@@ -111,7 +112,7 @@ class Registrar:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         on_inserted: OnInserted | None = None,
-        on_begin: OnInserted | None = None,
+        on_begin: Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[None]] | None = None,
     ) -> None:
         """``on_begin``: called first in each batch's transaction with all its rows (e.g. to take
         locks in one global order); ``on_inserted``: after the insert, with the new rows."""
@@ -394,6 +395,7 @@ class Registrar:
         state: _Attempt,
     ) -> set[str]:
         rows = [entry.values for entry in entries]
+        after: Callable[[], None] | None = None
         async with self._pool.connection(timeout=self._acquire_timeout) as conn, conn.transaction():
             if self._on_begin is not None:
                 await self._on_begin(conn, rows)
@@ -402,7 +404,7 @@ class Registrar:
             pacs_ids = {**self._pacs_ids, **new_ids}
             inserted = await batch_sql.insert_rows(conn, rows, pacs_ids, creation_date)
             if self._on_inserted is not None and inserted:
-                await self._on_inserted(conn, [row for row in rows if row.fname in inserted])
+                after = await self._on_inserted(conn, [row for row in rows if row.fname in inserted])
             for entry in entries:
                 for item in entry.items:
                     if item.extra is not None:
@@ -412,6 +414,11 @@ class Registrar:
                 inserted |= await batch_sql.inserted_by_attempts(conn, others, in_doubt)
             state.commit_sent = True
         self._pacs_ids.update(new_ids)  # only ids of committed rows are cached
+        if after is not None:
+            try:
+                after()
+            except Exception:  # what follows a commit must not make it look failed (and retried)
+                self._log.exception("an after-commit action failed")
         return inserted
 
     async def _split(self, entries: list[_Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:

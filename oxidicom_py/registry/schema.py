@@ -89,6 +89,8 @@ PROGRESS_CHANNEL: Final = "oxidicom_series"
 """``LISTEN`` channel: a JSON payload on every change of a progress row (see CUSTOM_SPEC.md)."""
 
 SERIES_STATES: Final = ("receiving", "complete", "incomplete")
+END_REASONS: Final = ("released", "aborted", "quiescence", "count")
+"""Why a series ended (``oxidicom_py.completion.events.END_REASONS``: the same list)."""
 
 _PROGRESS_DDL: Final = f"""
 CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
@@ -106,9 +108,16 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
         CHECK (state IN ({", ".join(f"'{s}'" for s in SERIES_STATES)})),
     open_associations text[] NOT NULL DEFAULT '{{}}',
     updated timestamp with time zone NOT NULL DEFAULT now(),
+    end_reason varchar(10) NULL CHECK (end_reason IN ({", ".join(f"'{r}'" for r in END_REASONS)})),
     CONSTRAINT oxidicom_series_progress_series_key UNIQUE (pacs_identifier, "SeriesInstanceUID")
 )
 """
+
+_PROGRESS_END_REASON_DDL: Final = f"""
+ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS end_reason varchar(10) NULL
+    CHECK (end_reason IN ({", ".join(f"'{r}'" for r in END_REASONS)}))
+"""
+"""For a progress table made before end reasons were recorded."""
 
 _PROGRESS_NOTIFY_DDL: Final = f"""
 CREATE OR REPLACE FUNCTION oxidicom_series_progress_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -119,6 +128,7 @@ BEGIN
         'StudyInstanceUID', NEW."StudyInstanceUID",
         'PatientID', NEW."PatientID",
         'state', NEW.state,
+        'end_reason', NEW.end_reason,
         'previous_state', CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE OLD.state END,
         'received', NEW.received,
         'expected', NEW.expected
@@ -148,7 +158,8 @@ def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
     statements = [_PACS_DDL.strip(), _PACSFILE_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in INDEXES.items()]
-    statements += [_PROGRESS_DDL.strip(), _PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
+    statements += [_PROGRESS_DDL.strip(), _PROGRESS_END_REASON_DDL.strip()]
+    statements += [_PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
     return statements
 

@@ -111,8 +111,13 @@ def test_counts_from_orthanc_markers_and_progress(
             p = _progress(db_uri, uid)
             assert p is not None
             assert (p["expected"], p["received"], p["state"]) == (len(files), len(files), "complete")
+            assert p["end_reason"] == "count"
             assert _instances(db_uri, uid) == len(files)
     assert rx.messages("error") == []
+    ended = sorted(
+        (line["SeriesInstanceUID"], line["reason"]) for line in rx.lines if line.get("msg") == "series ended"
+    )
+    assert ended == sorted((uid, "count") for uid in synthetic_series)  # each told once
 
 
 def test_split_across_two_associations_then_partial(
@@ -127,13 +132,14 @@ def test_split_across_two_associations_then_partial(
         # a partial push ends incomplete, with the right numbers
         wait_until(lambda: (p := _progress(db_uri, uid)) is not None and p["state"] == "incomplete", 30)
         p = _progress(db_uri, uid)
-        assert p is not None and (p["received"], p["expected"]) == (12, 30)
+        assert p is not None and (p["received"], p["expected"], p["end_reason"]) == (12, 30, "released")
         assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == ["12"]
         # the rest arrives in a second association: reopened, counted, complete
         assert orthanc.store("OXI", second)["FailedInstancesCount"] == 0
         wait_until(lambda: len(_markers(db_uri, uid, "OxidicomAttemptedPushCount")) == 2, 30)
         p = _progress(db_uri, uid)
         assert p is not None and (p["received"], p["expected"], p["state"]) == (30, 30, "complete")
+        assert p["end_reason"] == "count"
         assert sorted(_markers(db_uri, uid, "OxidicomAttemptedPushCount")) == ["12", "18"]
         assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == ["30", "30"]
         assert _instances(db_uri, uid) == 30
@@ -188,6 +194,7 @@ def test_unanswered_count_is_unknown_and_never_stalls_registration(
             assert elapsed < 2 + 3 + 5, elapsed  # the configured timeouts bound the wait
             p = _progress(db_uri, uid)
             assert p is not None and (p["received"], p["expected"], p["state"]) == (n, None, "complete")
+            assert p["end_reason"] == "released"
     finally:
         if silent is not None:
             silent.close()

@@ -171,9 +171,12 @@ def test_quiescence_ends_a_series_and_a_late_instance_reopens_it(tmp_path: Path,
         wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="quiescence")
         p = progress()
         assert p is not None and (p["received"], p["expected"], p["open_associations"]) == (3, None, [])
+        assert p["end_reason"] == "quiescence"
         assert scu.store(1, *sop_of(files[3]), dataset_bytes(files[3]))[0] == 0  # a late instance
         wait_until(lambda: (p := progress()) is not None and p["received"] == 4, 20, what="the late instance")
         assert progress()["state"] == "receiving"  # type: ignore[index]
         scu.release()
         wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="the release")
-    assert any(line.get("msg") == "series ended by quiescence" for line in rx.lines)
+        assert progress()["end_reason"] == "released"  # type: ignore[index]
+    ended = [(line["state"], line["reason"]) for line in rx.lines if line.get("msg") == "series ended"]
+    assert ended == [("complete", "quiescence"), ("complete", "released")]  # told once per end

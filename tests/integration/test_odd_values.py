@@ -30,13 +30,12 @@ import pydicom
 import pytest
 from harness import IMPLEMENTATIONS, InProcessReceiver, RawScu, wait_until
 from peers import ServeProcess
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.completion import progress
 from oxidicom_py.dicom import dimse
 from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow
-from oxidicom_py.registry.registrar import Registrar, RowRejectedError
+from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.storage import header
 from oxidicom_py.storage.ingest import make_row, values_with_pydicom
@@ -566,37 +565,6 @@ def test_hostile_values_in_one_single_batch(
     assert [r.getMessage() for r in registry_log.records if r.levelno >= logging.ERROR] == []
     assert not any(r.getMessage() in BATCH_FAILURES for r in registry_log.records)
     check_promises(pushed, tmp_path / "files", rows(db_uri))
-
-
-@pytest.mark.integration
-def test_a_row_the_database_refuses_does_not_take_its_batch_mates_down(
-    tmp_path: Path, db_uri: str, registry_log: _Records
-) -> None:
-    """A rule fitting cannot know about (a CHECK constraint) refuses one good-looking row of the
-    batch: the batch is split, that row alone is rejected (and logged), all others registered."""
-    poisoned = sop(21)  # a good instance in the middle of the association
-    logger = logging.getLogger("tests.odd_values.registry")
-    with RegisteringReceiver(tmp_path / "files", db_uri, logger) as rx:
-        with psycopg.connect(db_uri, autocommit=True) as conn:
-            check = sql.SQL("ALTER TABLE pacsfiles_pacsfile ADD CONSTRAINT no_poison CHECK (fname NOT LIKE {})")
-            conn.execute(check.format(sql.Literal(f"%-{poisoned}.dcm")))
-        pushed = push(rx.port)
-        wait_until(rx.idle, 10, what="the association to end")
-        outcomes = rx.register()
-    assert pushed.outcomes[poisoned][0] == dimse.SUCCESS  # the receiver cannot know
-    by_uid = {
-        row.fname.rsplit("-", 1)[-1].removesuffix(".dcm"): outcome
-        for row, outcome in zip(rx.rows, outcomes, strict=True)
-    }
-    rejection = by_uid.pop(poisoned)
-    assert isinstance(rejection, RowRejectedError)
-    assert str(rejection).startswith(next(row.fname for row in rx.rows if row.fname.endswith(f"-{poisoned}.dcm")))
-    assert set(by_uid.values()) == {True}
-    assert len(rows(db_uri)) == len(by_uid)
-    errors = [r.getMessage() for r in registry_log.records if r.levelno >= logging.ERROR]
-    assert errors == ["row could not be registered"]
-    splits = [r for r in registry_log.records if r.getMessage() == "batch rejected by the database, splitting it"]
-    assert 1 <= len(splits) <= (len(outcomes) - 1).bit_length()  # a bisection, not a row-by-row retry
 
 
 # -- unit tests of the fixes ----------------------------------------------------------------------

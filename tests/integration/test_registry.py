@@ -544,33 +544,6 @@ def counting_retries() -> Any:
         LOG.removeHandler(counter)
 
 
-def test_database_outage_is_retried_until_every_row_is_registered_once(
-    embedded_pg: Callable[[], EmbeddedPostgres], wait_until_async: Callable
-) -> None:
-    server = embedded_pg()
-    uri = server.start()
-
-    async def scenario(counter: RetryCounter) -> tuple[list[bool], list[bool]]:
-        await create_schema(uri)
-        async with open_registrar(
-            uri, batch_size=10, linger=0.02, acquire_timeout=1.0, backoff_initial=0.05, backoff_max=0.5
-        ) as registrar:
-            before = await results([registrar.submit(sag_row(n)) for n in range(1, 31)])
-            await asyncio.to_thread(server.stop)
-            during = [registrar.submit(sag_row(n)) for n in range(25, 81)]  # 25-30 are duplicates
-            await wait_until_async(lambda: counter.retries >= 3, timeout=30)
-            assert not any(f.done() for f in during)
-            await asyncio.to_thread(server.start)
-            return before, await results(during, timeout=120)
-
-    with counting_retries() as counter:
-        before, during = asyncio.run(scenario(counter))
-    assert before == [True] * 30
-    assert during == [False] * 6 + [True] * 50
-    assert count_files(uri) == 80
-    assert query(uri, "SELECT count(DISTINCT fname) FROM pacsfiles_pacsfile") == [(80,)]
-
-
 def test_server_that_comes_up_later(embedded_pg: Callable[[], EmbeddedPostgres], wait_until_async: Callable) -> None:
     server = embedded_pg()
     uri = server.start()

@@ -1,0 +1,26 @@
+"""What completion tells the stages after it (processing, in the issues to come)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+END_REASONS = ("released", "aborted", "quiescence", "count")
+"""Why a series ended: its last open association was released or aborted, it went quiet for
+``OXIDICOM_SERIES_QUIESCENCE``, or it received the count the PACS gave."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesEnded:
+    """A series' progress row left ``receiving``: committed, told once per end (a series that
+    reopens and ends again is told again)."""
+
+    pacs: str
+    series_uid: str
+    state: str
+    """``complete`` or ``incomplete``."""
+    reason: str
+    """One of :data:`END_REASONS`."""
+
+
+OnSeriesEnded = Callable[[SeriesEnded], None]
