@@ -7,9 +7,9 @@ asks the database which files it lacks, reads those files' headers and registers
 through the normal registrar (so duplicates are skipped and series progress is counted).
 It runs at start-up and after a worker died, in the background: reception never waits for it.
 
-The calling AE title comes from the file meta's SourceApplicationEntityTitle, which the
-receiver writes into every file (the path only holds its sanitised form). Marker files of
-the series completion (under ``org.fnndsc.oxidicom``) are not reconstructed.
+A file is read back by :mod:`oxidicom_py.storage.readback`, with the receive path's own header
+walker and row builder. Marker files of the series completion (under ``org.fnndsc.oxidicom``)
+are not reconstructed.
 """
 
 from __future__ import annotations
@@ -17,26 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.dicom.contexts import dataset_encoding
 from oxidicom_py.identity import MARKER_PACS
-from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.registry.schema import PACSFILE_TABLE
-from oxidicom_py.storage import header
-from oxidicom_py.storage.ingest import check_required, make_row, values_with_pydicom
-from oxidicom_py.storage.naming import first_value
+from oxidicom_py.storage.readback import row_of_stored_file
 
 log = logging.getLogger("oxidicom_py.registry.reconcile")
 
-_HEAD = 1 << 20
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _EXISTING = f"SELECT fname FROM {PACSFILE_TABLE} WHERE fname = ANY(%s)"
 
 
@@ -48,94 +41,26 @@ class Reconciled:
     unreadable: int = 0
 
 
-def _file_meta(head: bytes) -> tuple[dict[int, bytes], int] | None:
-    """Group 0002 values of a Part 10 file and the offset where its dataset starts."""
-    if len(head) < 144 or head[128:132] != b"DICM":
-        return None
-    values: dict[int, bytes] = {}
-    pos = 132
-    end = len(head)
-    dataset_start = None
-    while pos + 8 <= end:
-        group, elem = struct.unpack_from("<HH", head, pos)
-        if group != 0x0002:
-            dataset_start = pos
-            break
-        vr = head[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            (length,) = struct.unpack_from("<L", head, pos + 8)
-            start = pos + 12
-        else:
-            (length,) = struct.unpack_from("<H", head, pos + 6)
-            start = pos + 8
-        values[elem] = head[start : start + length]
-        pos = start + length
-    if dataset_start is None:
-        dataset_start = pos
-    return values, dataset_start
-
-
-def _text(raw: bytes | None) -> str:
-    return (raw or b"").rstrip(b"\x00 ").decode("ascii", "replace").strip()
-
-
-def row_of_stored_file(root: Path, relative: str) -> PacsFileRow | None:
-    """The registry row of a file we stored, read back from its header (None if unreadable)."""
-    path = root / relative
-    with open(path, "rb") as f:
-        head = f.read(_HEAD)
-    meta = _file_meta(head)
-    if meta is None:
-        return None
-    values_meta, start = meta
-    implicit, little = dataset_encoding(_text(values_meta.get(0x0010)))
-    try:
-        try:
-            raw = header.walk(head[start:], implicit=implicit, little=little, complete=len(head) < _HEAD)
-        except header.NeedMore:
-            raw = header.walk(path.read_bytes()[start:], implicit=implicit, little=little, complete=True)
-        decoded = header.decode_values(raw)
-    except header.HeaderError:
-        decoded = values_with_pydicom(str(path))
-    values = {k: first_value(v) for k, v in decoded.items()}
-    problem, study_date = check_required(values)
-    if problem is not None or study_date is None:
-        return None
-    aet = _text(values_meta.get(0x0016)) or relative.split("/")[2]
-    return make_row(relative, aet, values, study_date, "reconciliation")
-
-
-def _series_folders(root: Path) -> Iterator[str]:
-    """Relative paths of the folders that hold instances (four levels below SERVICES/PACS)."""
+def _folders_with_instances(root: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its instance files), relative to ``root``, for every folder under
+    ``SERVICES/PACS`` that holds ``.dcm`` files, markers excluded; whatever the layout."""
     base = root / "SERVICES" / "PACS"
-    if not base.is_dir():
-        return
-    for aet in sorted(os.scandir(base), key=lambda e: e.name):
-        if not aet.is_dir() or aet.name == MARKER_PACS:
-            continue
-        for patient in os.scandir(aet.path):
-            if not patient.is_dir():
-                continue
-            for study in os.scandir(patient.path):
-                if not study.is_dir():
-                    continue
-                for series in os.scandir(study.path):
-                    if series.is_dir():
-                        yield f"SERVICES/PACS/{aet.name}/{patient.name}/{study.name}/{series.name}"
-
-
-def _instance_files(root: Path, folder: str) -> list[str]:
-    return sorted(f"{folder}/{e.name}" for e in os.scandir(root / folder) if e.name.endswith(".dcm") and e.is_file())
+    for dirpath, dirnames, filenames in os.walk(base):
+        if dirpath == str(base):
+            dirnames[:] = sorted(d for d in dirnames if d != MARKER_PACS)
+        else:
+            dirnames.sort()
+        files = sorted(name for name in filenames if name.endswith(".dcm"))
+        if files:
+            folder = os.path.relpath(dirpath, root)
+            yield folder, [f"{folder}/{name}" for name in files]
 
 
 async def reconcile(root: Path, pool: AsyncConnectionPool, registrar: Registrar) -> Reconciled:
     """Register every instance file under ``root`` that has no row; return what was done."""
     result = Reconciled()
-    folders = await asyncio.to_thread(lambda: list(_series_folders(root)))
-    for folder in folders:
-        files = await asyncio.to_thread(_instance_files, root, folder)
-        if not files:
-            continue
+    folders = await asyncio.to_thread(lambda: list(_folders_with_instances(root)))
+    for _folder, files in folders:
         result.checked += len(files)
         async with pool.connection() as conn:
             cursor = await conn.execute(_EXISTING, (files,))

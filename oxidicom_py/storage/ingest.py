@@ -317,11 +317,7 @@ class IncomingInstance:
         return StoreResult(dimse.SUCCESS)
 
     def _values(self) -> dict[str, str | None]:
-        if self._raw is not None:
-            decoded = header.decode_values(self._raw)
-        else:
-            decoded = values_with_pydicom(self.staged.path if self.staged else None)
-        return {k: first_value(v) for k, v in decoded.items()}
+        return values_of(self._raw, self.staged.path if self.staged else None)
 
     def _reject(self, problem: str, status: int = dimse.CANNOT_UNDERSTAND) -> StoreResult:
         counts = self.store.counts
@@ -414,6 +410,14 @@ def make_row(path: str, aet: str, v: dict[str, str | None], study_date: dt.date,
         SeriesDescription=text("SeriesDescription"),
         association=ulid,
     )
+
+
+def values_of(raw: dict[str, bytes] | None, path: str | None) -> dict[str, str | None]:
+    """The header values the receiver reads (first value, trimmed), from the tag walker's raw
+    elements, or from pydicom reading ``path`` when the walker could not: the one way from a
+    header to a record, for the receive path and for files read back alike."""
+    decoded = header.decode_values(raw) if raw is not None else values_with_pydicom(path)
+    return {k: first_value(v) for k, v in decoded.items()}
 
 
 def values_with_pydicom(path: str | None) -> dict[str, str | None]:

@@ -14,7 +14,7 @@ from harness import load_script, storescu, wait_until
 from peers import ServeProcess
 from psycopg.rows import dict_row
 
-from oxidicom_py.registry.reconcile import row_of_stored_file
+from oxidicom_py.storage.readback import row_of_stored_file
 
 pytestmark = pytest.mark.integration
 
