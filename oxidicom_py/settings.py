@@ -13,161 +13,30 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from oxidicom_py.setting_parsers import (
+    SettingsError,
+    ae_list,
+    implementation,
+    integer,
+    log_level,
+    max_pdu,
+    networks,
+    non_empty,
+    non_negative_float,
+    parse_ae_title,
+    parse_bool,
+    parse_pacs_address,
+    path,
+    positive_float,
+    readable_file,
+)
+
 T = TypeVar("T")
-
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off", ""}
-_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no control chars
-
-
-class SettingsError(ValueError):
-    """A setting has a bad value; the message names the variable."""
-
-
-def parse_bool(name: str, raw: str) -> bool:
-    v = raw.strip().lower()
-    if v in _TRUE:
-        return True
-    if v in _FALSE:
-        return False
-    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
-
-
-def _int(lo: int, hi: int | None = None) -> Callable[[str, str], int]:
-    def parse(name: str, raw: str) -> int:
-        try:
-            v = int(raw.strip(), 10)
-        except ValueError:
-            raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
-        if v < lo or (hi is not None and v > hi):
-            bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
-            raise SettingsError(f"{name}: must be {bound}, got {v}")
-        return v
-
-    return parse
-
-
-def _max_pdu(name: str, raw: str) -> int:
-    v = _int(0, 0xFFFFFFFF)(name, raw)
-    if 0 < v < 4096:
-        raise SettingsError(f"{name}: must be 0 (unlimited) or at least 4096, got {v}")
-    return v
-
-
-def _positive_float(name: str, raw: str) -> float:
-    try:
-        v = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not v > 0:
-        raise SettingsError(f"{name}: must be greater than 0, got {raw!r}")
-    return v
-
-
-def _ae_list(name: str, raw: str) -> frozenset[str] | None:
-    items = [item for item in (part.strip() for part in raw.split(",")) if item]
-    return frozenset(parse_ae_title(name, item) for item in items) if items else None
-
-
-def _networks(name: str, raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
-    out = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        try:
-            out.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise SettingsError(f"{name}: not an IP network (e.g. 10.0.0.0/8 or 192.0.2.7): {item!r}") from None
-    return tuple(out) if out else None
-
-
-def _non_negative_float(name: str, raw: str) -> float:
-    try:
-        v = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: expected a number of seconds, got {raw!r}") from None
-    if not v >= 0:
-        raise SettingsError(f"{name}: must be 0 or more, got {raw!r}")
-    return v
-
-
-def _implementation(name: str, raw: str) -> str:
-    v = raw.strip().lower()
-    if v not in {"asyncio", "pynetdicom"}:
-        raise SettingsError(f"{name}: expected asyncio or pynetdicom, got {raw!r}")
-    return v
-
-
-def parse_ae_title(name: str, raw: str) -> str:
-    v = raw.strip()
-    if not _AE_RE.match(v):
-        raise SettingsError(f"{name}: not a valid AE title (1 to 16 printable characters, no backslash): {raw!r}")
-    return v
-
-
-def _non_empty(name: str, raw: str) -> str:
-    if not raw.strip():
-        raise SettingsError(f"{name}: must not be empty")
-    return raw.strip()
-
-
-def _path(name: str, raw: str) -> Path:
-    return Path(_non_empty(name, raw)).expanduser()
-
-
-def _readable_file(name: str, raw: str) -> Path:
-    p = _path(name, raw)
-    if not p.is_file():
-        raise SettingsError(f"{name}: no such file: {str(p)!r}")
-    return p
-
-
-def _log_level(name: str, raw: str) -> str:
-    v = raw.strip().upper()
-    if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-        raise SettingsError(f"{name}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
-    return v
-
-
-def _host_port(name: str, aet: str, value: str) -> tuple[str, int]:
-    host, sep, port = value.strip().rpartition(":")
-    host = host.strip().strip("[]")
-    if not sep or not host or not port.strip().isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"{name}: address of {aet!r} must be host:port, got {value!r}")
-    return host, int(port)
-
-
-_DICT_ENTRY = re.compile(r'\s*([^=,{}"\s]+)\s*=\s*(?:"([^"]*)"|([^,}"\s]+))\s*(?:,|$)')
-
-
-def parse_pacs_address(name: str, raw: str) -> dict[str, tuple[str, int]]:
-    """``{AET="host:port", AET2="host:port"}`` (the reference's form) or ``AET=host:port,AET2=host:port``."""
-    text = raw.strip()
-    if not text:
-        return {}
-    if text.startswith("{"):
-        if not text.endswith("}"):
-            raise SettingsError(f"{name}: a dictionary must end with '}}': {raw!r}")
-        text = text[1:-1].strip()
-    out: dict[str, tuple[str, int]] = {}
-    pos = 0
-    while pos < len(text):
-        if text[pos] in ", ":
-            pos += 1
-            continue
-        m = _DICT_ENTRY.match(text, pos)
-        if m is None:
-            raise SettingsError(f"{name}: cannot read an AET=host:port entry at {text[pos:]!r}")
-        aet = parse_ae_title(name, m.group(1))
-        out[aet] = _host_port(name, aet, m.group(2) if m.group(2) is not None else m.group(3))
-        pos = m.end()
-    return out
 
 
 def setting(
@@ -201,7 +70,7 @@ def _cpus() -> int:
 class Settings:
     db_connection: str | None = setting(
         "OXIDICOM_DB_CONNECTION",
-        _non_empty,
+        non_empty,
         default=None,
         shown="*(embedded)*",
         doc=(
@@ -212,14 +81,14 @@ class Settings:
     )
     db_pool: int = setting(
         "OXIDICOM_DB_POOL",
-        _int(1, 1000),
+        integer(1, 1000),
         default=10,
         shown="`10`",
         doc="Maximum database connections; also the number of registration batches in flight.",
     )
     db_batch_size: int = setting(
         "OXIDICOM_DB_BATCH_SIZE",
-        _int(1, 100_000),
+        integer(1, 100_000),
         default=100,
         shown="`100`",
         doc=(
@@ -230,7 +99,7 @@ class Settings:
     )
     db_linger_ms: int = setting(
         "OXIDICOM_DB_LINGER_MS",
-        _int(0, 60_000),
+        integer(0, 60_000),
         default=20,
         shown="`20`",
         doc="How long a partial batch may wait for more rows before it is committed anyway.",
@@ -238,7 +107,7 @@ class Settings:
     )
     db_max_pending: int = setting(
         "OXIDICOM_DB_MAX_PENDING",
-        _int(0),
+        integer(0),
         default=100_000,
         shown="`100000`",
         doc=(
@@ -251,7 +120,7 @@ class Settings:
     )
     state_dir: Path = setting(
         "OXIDICOM_STATE_DIR",
-        _path,
+        path,
         default=Path("oxidicom-data"),
         shown="`./oxidicom-data`",
         doc="Local state: the embedded database and the default files root.",
@@ -259,7 +128,7 @@ class Settings:
     )
     files_root: Path = setting(
         "OXIDICOM_FILES_ROOT",
-        _path,
+        path,
         default=Path("oxidicom-data/files"),
         shown="`$OXIDICOM_STATE_DIR/files`",
         doc=(
@@ -313,7 +182,7 @@ class Settings:
     )
     scp_max_pdu_length: int = setting(
         "OXIDICOM_SCP_MAX_PDU_LENGTH",
-        _max_pdu,
+        max_pdu,
         default=131072,
         shown="`131072`",
         doc=(
@@ -323,7 +192,7 @@ class Settings:
     )
     scp_artim_timeout: float = setting(
         "OXIDICOM_SCP_ARTIM_TIMEOUT",
-        _positive_float,
+        positive_float,
         default=30.0,
         shown="`30`",
         doc="Seconds a connection may stay silent before its A-ASSOCIATE-RQ.",
@@ -331,7 +200,7 @@ class Settings:
     )
     scp_allowed_aets: frozenset[str] | None = setting(
         "OXIDICOM_SCP_ALLOWED_AETS",
-        _ae_list,
+        ae_list,
         default=None,
         shown="*(any)*",
         doc=(
@@ -342,7 +211,7 @@ class Settings:
     )
     scp_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = setting(
         "OXIDICOM_SCP_ALLOWED_NETWORKS",
-        _networks,
+        networks,
         default=None,
         shown="*(any)*",
         doc=(
@@ -361,7 +230,7 @@ class Settings:
     )
     scp_idle_timeout: float = setting(
         "OXIDICOM_SCP_IDLE_TIMEOUT",
-        _non_negative_float,
+        non_negative_float,
         default=600.0,
         shown="`600`",
         doc="Abort an association that sends nothing for this many seconds (`0`: never).",
@@ -369,7 +238,7 @@ class Settings:
     )
     scp_pdu_timeout: float = setting(
         "OXIDICOM_SCP_PDU_TIMEOUT",
-        _non_negative_float,
+        non_negative_float,
         default=60.0,
         shown="`60`",
         doc=(
@@ -381,7 +250,7 @@ class Settings:
     )
     tls_cert: Path | None = setting(
         "OXIDICOM_TLS_CERT",
-        _readable_file,
+        readable_file,
         default=None,
         shown="*(TLS off)*",
         doc=(
@@ -393,7 +262,7 @@ class Settings:
     )
     tls_key: Path | None = setting(
         "OXIDICOM_TLS_KEY",
-        _readable_file,
+        readable_file,
         default=None,
         shown="*(in the certificate file)*",
         doc="PEM private key of that certificate, unencrypted. Unset: the key is read from `OXIDICOM_TLS_CERT`.",
@@ -401,7 +270,7 @@ class Settings:
     )
     tls_client_ca: Path | None = setting(
         "OXIDICOM_TLS_CLIENT_CA",
-        _readable_file,
+        readable_file,
         default=None,
         shown="*(no client certificates)*",
         doc=(
@@ -412,7 +281,7 @@ class Settings:
     )
     scp_implementation: str = setting(
         "OXIDICOM_SCP_IMPLEMENTATION",
-        _implementation,
+        implementation,
         default="asyncio",
         shown="`asyncio`",
         doc=(
@@ -441,7 +310,7 @@ class Settings:
     )
     cfind_connect_timeout: float = setting(
         "OXIDICOM_CFIND_CONNECT_TIMEOUT",
-        _positive_float,
+        positive_float,
         default=5.0,
         shown="`5`",
         doc="Seconds to connect and associate with the PACS for that C-FIND.",
@@ -449,7 +318,7 @@ class Settings:
     )
     cfind_timeout: float = setting(
         "OXIDICOM_CFIND_TIMEOUT",
-        _positive_float,
+        positive_float,
         default=30.0,
         shown="`30`",
         doc="Seconds to wait for its answer; then the count is `unknown`. Reception never waits for it.",
@@ -457,7 +326,7 @@ class Settings:
     )
     series_quiescence: float = setting(
         "OXIDICOM_SERIES_QUIESCENCE",
-        _positive_float,
+        positive_float,
         default=60.0,
         shown="`60`",
         doc="A series still `receiving` that gets nothing for this many seconds is ended (see CUSTOM_SPEC.md).",
@@ -465,7 +334,7 @@ class Settings:
     )
     max_associations: int = setting(
         "OXIDICOM_LISTENER_THREADS",
-        _int(1, 100_000),
+        integer(1, 100_000),
         default=64,
         shown="`64`",
         doc=(
@@ -476,7 +345,7 @@ class Settings:
     )
     listener_processes: int = setting(
         "OXIDICOM_LISTENER_PROCESSES",
-        _int(1, 256),
+        integer(1, 256),
         default_factory=_cpus,
         shown="number of CPUs",
         doc=(
@@ -489,14 +358,14 @@ class Settings:
     )
     listener_port: int = setting(
         "OXIDICOM_LISTENER_PORT",
-        _int(1, 65535),
+        integer(1, 65535),
         default=11111,
         shown="`11111`",
         doc="TCP port.",
     )
     listener_address: str = setting(
         "OXIDICOM_LISTENER_ADDRESS",
-        _non_empty,
+        non_empty,
         default="0.0.0.0",
         shown="`0.0.0.0`",
         doc="Address to listen on.",
@@ -511,7 +380,7 @@ class Settings:
     )
     log_level: str = setting(
         "OXIDICOM_LOG_LEVEL",
-        _log_level,
+        log_level,
         default="INFO",
         shown="`INFO` (`DEBUG` if verbose)",
         doc=(
@@ -523,7 +392,7 @@ class Settings:
     )
     metrics_port: int | None = setting(
         "OXIDICOM_METRICS_PORT",
-        _int(0, 65535),
+        integer(0, 65535),
         default=None,
         shown="*(off)*",
         doc=("Serve Prometheus `/metrics` (summed over every worker process), `/livez` and `/readyz` on this port."),
@@ -531,7 +400,7 @@ class Settings:
     )
     metrics_address: str = setting(
         "OXIDICOM_METRICS_ADDRESS",
-        _non_empty,
+        non_empty,
         default="0.0.0.0",
         shown="`0.0.0.0`",
         doc="Address of that endpoint.",

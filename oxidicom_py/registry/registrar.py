@@ -38,6 +38,13 @@ from psycopg_pool import AsyncConnectionPool
 from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
+from oxidicom_py.registry.errors import (
+    RegistrarClosedError,
+    RegistrarError,
+    RowRejectedError,
+    describe,
+    is_data_error,
+)
 from oxidicom_py.registry.fitting import DbRow, fit_row
 from oxidicom_py.telemetry import metrics, tracing
 
@@ -47,18 +54,6 @@ _LINGER_TOLERANCE: Final = 0.001
 """A timer may fire up to the loop's clock resolution early; accept that much."""
 
 _module_logger = logging.getLogger(__name__)
-
-
-class RegistrarError(Exception):
-    """Base class of the exceptions a row's future can carry."""
-
-
-class RowRejectedError(RegistrarError):
-    """The database refused this row even after fitting and isolating it."""
-
-
-class RegistrarClosedError(RegistrarError):
-    """``close()`` ran out of time before this row's batch committed (outcome unknown)."""
 
 
 InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
@@ -369,7 +364,7 @@ class Registrar:
                 self._pacs_ids.clear()
                 continue
             except Exception as exc:
-                if _is_data_error(exc):
+                if is_data_error(exc):
                     await self._split(entries, exc, in_doubt)
                     return
                 if state.commit_sent:
@@ -428,7 +423,7 @@ class Registrar:
             return
         self._log.warning(
             "batch rejected by the database, splitting it",
-            extra={"count": len(entries), "error": _describe(error)},
+            extra={"count": len(entries), "error": describe(error)},
         )
         middle = len(entries) // 2
         await self._commit(entries[:middle], in_doubt)
@@ -437,9 +432,9 @@ class Registrar:
     def _reject(self, item: _Item, error: BaseException) -> None:
         self._log.error(
             "row could not be registered",
-            extra={**log_fields(item.row), "error": _describe(error)},
+            extra={**log_fields(item.row), "error": describe(error)},
         )
-        rejected = RowRejectedError(f"{item.row.fname}: {_describe(error)}")
+        rejected = RowRejectedError(f"{item.row.fname}: {describe(error)}")
         rejected.__cause__ = error
         self._fail(item, rejected)
 
@@ -453,7 +448,7 @@ class Registrar:
                 "count": len(entries),
                 "attempt": attempt,
                 "retry_in": delay,
-                "error": _describe(error),
+                "error": describe(error),
                 "file": entries[0].values.fname.rsplit("/", 1)[-1],
             },
         )
@@ -499,25 +494,3 @@ def _observe_batch(items: Sequence[_Item], seconds: float, span: Any) -> None:
         if counts[_REJECTED]:
             tracing.set_error(span, f"{counts[_REJECTED]} rows rejected by the database")
         span.end()
-
-
-def _is_data_error(error: BaseException) -> bool:
-    """Whether retrying the same rows cannot help (split them instead).
-
-    Data errors: the server refused a value (``DataError``, ``IntegrityError``), or psycopg
-    could not send one (client-side errors carry no SQLSTATE; non-psycopg exceptions such as
-    ``UnicodeEncodeError`` or ``TypeError`` come from dumping). Everything else -- lost
-    connections, pool timeouts, server shutdown, missing tables -- may heal, so it is retried.
-    """
-    if isinstance(error, psycopg.DataError | psycopg.IntegrityError):
-        return True
-    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError | OSError):
-        return False
-    if isinstance(error, psycopg.Error):
-        return error.sqlstate is None
-    return True
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"
