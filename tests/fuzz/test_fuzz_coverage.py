@@ -25,6 +25,10 @@ pytest.importorskip("atheris")
 
 TESTS = Path(__file__).resolve().parent
 HARNESS = TESTS / "fuzz_upper_layer.py"
+"""Drives the asyncio adapter around the machine (transport, timers on an event loop, pause/resume)."""
+MACHINE_HARNESS = TESTS / "fuzz_acceptor.py"
+"""Drives the sans-IO machine alone, with a fake clock (same inputs, same corpus)."""
+MACHINE_RUNS = 20_000
 REGRESSIONS = TESTS / "fuzz_corpus" / "upper_layer"
 """Committed inputs (minimised crashes), replayed on their own and added to every run's corpus."""
 
@@ -38,11 +42,13 @@ MIN_NEW_EDGES = 20
 _STATS = re.compile(r"^#(\d+)\s+DONE\s+cov: (\d+) ft: (\d+)", re.MULTILINE)
 
 
-def _fuzz(*args: str, cwd: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], float]:
+def _fuzz(
+    *args: str, cwd: Path, timeout: float, harness: Path = HARNESS
+) -> tuple[subprocess.CompletedProcess[str], float]:
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, str(HARNESS), *args],
+        [sys.executable, str(harness), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -113,6 +119,27 @@ def test_fuzzing_the_upper_layer_finds_no_crash_and_grows_coverage(tmp_path: Pat
         assert runs == RUNS or elapsed >= TIME_BOUND, (runs, elapsed)
     assert cov >= seed_cov + MIN_NEW_EDGES, f"coverage grew from {seed_cov} to {cov} only"
     assert features > cov
+
+
+@pytest.mark.timeout(max(300, LONG_SECONDS + 180))
+def test_fuzzing_the_machine_directly_finds_no_crash_and_grows_coverage(tmp_path: Path) -> None:
+    """The acceptor machine with no event loop: bytes, a fake clock and store results in,
+    events and bytes out; its own oracles (tests/fuzz/fuzz_acceptor.py)."""
+    corpus = _corpus(tmp_path / "corpus")
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    common = (f"-artifact_prefix={artifacts}/", "-print_final_stats=1", f"-seed={SEED}", "-timeout=10")
+    proc, _ = _fuzz("-runs=0", *common, str(corpus), cwd=tmp_path, timeout=120, harness=MACHINE_HARNESS)
+    assert proc.returncode == 0, f"a seed crashes:\n{_tail(proc)}\n{_crash_report(artifacts)}"
+    _n, seed_cov, _ft, seed_line = _stats(proc)
+    bounds = (f"-max_total_time={LONG_SECONDS}",) if LONG_SECONDS else (f"-runs={MACHINE_RUNS}", "-max_total_time=30")
+    proc, elapsed = _fuzz(
+        *bounds, *common, str(corpus), cwd=tmp_path, timeout=(LONG_SECONDS or 30) + 120, harness=MACHINE_HARNESS
+    )
+    assert proc.returncode == 0, f"the fuzzer found a crash:\n{_tail(proc)}\n{_crash_report(artifacts)}"
+    _runs, cov, _features, line = _stats(proc)
+    print(f"\nmachine, seeds only: {seed_line}\nmachine, fuzzed:     {line}  ({elapsed:.1f} s)")
+    assert cov >= seed_cov + MIN_NEW_EDGES // 2, f"coverage grew from {seed_cov} to {cov} only"
 
 
 def test_the_seeds_are_complete_associations(tmp_path: Path) -> None:
