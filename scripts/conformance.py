@@ -45,6 +45,7 @@ from oxidicom_py import settings as settings_module  # noqa: E402
 from oxidicom_py.dicom import acse, contexts, dimse, pdu  # noqa: E402
 from oxidicom_py.dicom.storage_classes import STANDARD_STORAGE_CLASSES  # noqa: E402
 from oxidicom_py.net import cfind_scu as cfind  # noqa: E402
+from oxidicom_py.net import cfind_transport  # noqa: E402
 from oxidicom_py.storage import part10  # noqa: E402
 
 DOCUMENT = ROOT / "CONFORMANCE.md"
@@ -548,7 +549,7 @@ def association_limits_block() -> str:
 
 
 def _cfind_ae() -> Any:
-    return cfind._SCU(cast(Any, None), ae_title=str(setting_default("OXIDICOM_SCP_AET")))
+    return cfind_transport.QueryAE(cast(Any, None), ae_title=str(setting_default("OXIDICOM_SCP_AET")))
 
 
 def implementation_block() -> str:

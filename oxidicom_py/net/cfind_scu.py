@@ -31,10 +31,8 @@ waiting), ``_config.LOG_RESPONSE_IDENTIFIERS``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -45,14 +43,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.fsm import TRANSITION_TABLE
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.status import code_to_category
-from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from oxidicom_py.net.cfind_transport import QueryAE, TcpSocket
 
 log = logging.getLogger("oxidicom_py.completion")
 
@@ -222,7 +219,7 @@ class _Query:
         self._lock = threading.Lock()
         self.outcome: tuple[int | None, str | None] | None = None
         self.assoc: Association | None = None
-        self.sock: _TcpSocket | None = None
+        self.sock: TcpSocket | None = None
         self.acse_answer: Any = None  # the first ACSE primitive received (A-ASSOCIATE-AC/RJ, A-ABORT...)
         self.skipped: list[str] = []
         self.log_fields = {
@@ -255,7 +252,7 @@ class _Query:
             self.done.set()
 
     def _query(self) -> None:
-        ae = _SCU(self, ae_title=self.calling_ae)
+        ae = QueryAE(self, ae_title=self.calling_ae)
         ae.connection_timeout = self.connect_timeout
         ae.acse_timeout = self.response_timeout
         ae.dimse_timeout = self.response_timeout
@@ -445,71 +442,3 @@ class _Query:
         finally:
             if self.sock is not None:
                 self.sock.shut()
-
-
-class _TcpSocket(socket.socket):
-    """A client socket that remembers why ``connect`` failed and keeps a read timeout."""
-
-    io_timeout: float | None = None
-    connect_error: OSError | None = None
-    connected = False
-    query: _Query | None = None
-
-    def settimeout(self, value: float | None) -> None:
-        # pynetdicom clears the timeout once connected; without one, a peer that sends half a
-        # PDU would block pynetdicom's reader thread forever
-        super().settimeout(self.io_timeout if value is None else value)
-
-    def connect(self, address: Any) -> None:
-        if self.query is not None and self.query.cancelled.is_set():
-            raise OSError("query stopped")
-        try:
-            super().connect(address)
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-        self.connected = True
-        if self.query is not None:
-            self.query.phase = "waiting for the A-ASSOCIATE response"
-
-    def shut(self) -> None:
-        with contextlib.suppress(OSError):
-            self.shutdown(socket.SHUT_RDWR)
-
-
-class _AssociationSocket(AssociationSocket):
-    """pynetdicom's socket wrapper, creating a :class:`_TcpSocket` (TCP_NODELAY, read timeout)."""
-
-    def __init__(self, query: _Query, assoc: Association, address: AddressInformation) -> None:
-        self._query = query
-        super().__init__(assoc, address=address)
-
-    def _create_socket(self, address: AddressInformation) -> socket.socket:
-        family = socket.AF_INET if address.is_ipv4 else socket.AF_INET6
-        sock = _TcpSocket(family, socket.SOCK_STREAM)
-        self._query.phase = "connecting"
-        sock.query = self._query
-        sock.io_timeout = self._query.response_timeout
-        # one small PDU each way at a time: without this every exchange may wait ~40 ms (Nagle)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self._query.response_timeout)
-        sock.bind(address.as_tuple)
-        self._is_connected = False
-        self._query.sock = sock
-        return sock
-
-
-class _SCU(AE):
-    """An AE whose associations use :class:`_AssociationSocket` and are known to the query."""
-
-    def __init__(self, query: _Query, ae_title: str) -> None:
-        super().__init__(ae_title=ae_title)
-        self._query = query
-        self.implementation_class_uid = IMPLEMENTATION_CLASS_UID  # ours, not pynetdicom's
-        self.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-
-    def _create_socket(self, assoc: Association, address: AddressInformation, tls_args: Any) -> AssociationSocket:
-        self._query.assoc = assoc
-        sock = _AssociationSocket(self._query, assoc, address)
-        sock.tls_args = tls_args
-        return sock

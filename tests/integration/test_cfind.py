@@ -25,7 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
-from oxidicom_py.net import cfind_scu as cfind
+from oxidicom_py.net import cfind_transport
 from oxidicom_py.net.cfind_scu import SeriesCount, query_series_count
 
 pytestmark = pytest.mark.integration
@@ -260,7 +260,7 @@ def test_peer_sending_half_a_pdu(raw_peer: RawPeer) -> None:
 def test_deadline_holds_when_pynetdicom_blocks(raw_peer: RawPeer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without our socket read timeout pynetdicom's reader blocks on the half PDU and its own
     ACSE-timeout abort waits for it forever: the overall deadline must still end the query."""
-    monkeypatch.setattr(cfind._TcpSocket, "settimeout", socket.socket.settimeout)
+    monkeypatch.setattr(cfind_transport.TcpSocket, "settimeout", socket.socket.settimeout)
     result = ask(raw_peer.port)
     assert result.count is None
     assert result.error is not None and "deadline" in result.error
