@@ -40,16 +40,9 @@ log = logging.getLogger("oxidicom_py.completion")
 _KEY_COLUMNS = 'pacs_identifier, "SeriesInstanceUID", "StudyInstanceUID", "PatientID"'
 
 _COUNT_INSERTED: Final = f"""
-WITH u AS (
-    SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[])
-        AS u(pacs, series, study, patient, n)
-), old AS (  -- the rows as they were before this statement (every part of a WITH sees one snapshot)
-    SELECT o.pacs_identifier, o."SeriesInstanceUID", o.state FROM {PROGRESS_TABLE} o
-    JOIN u ON o.pacs_identifier = u.pacs AND o."SeriesInstanceUID" = u.series
-)
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, received, first_received, last_received, updated)
 SELECT u.pacs, u.series, u.study, u.patient, u.n, now(), now(), now()
-FROM u
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[]) AS u(pacs, series, study, patient, n)
 ORDER BY u.pacs, u.series
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     received = p.received + EXCLUDED.received,
@@ -59,10 +52,10 @@ ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     completed = CASE WHEN p.received + EXCLUDED.received = p.expected THEN now() END,
     end_reason = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'count' END,
     updated = now()
-RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason,
-    (SELECT o.state FROM old o WHERE o.pacs_identifier = p.pacs_identifier
-     AND o."SeriesInstanceUID" = p."SeriesInstanceUID")
+RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, 'receiving'
 """
+"""The state only becomes ``complete`` here when this very increment reaches ``expected``
+(more instances after that reopen the series): every ``complete`` row returned is an end."""
 
 _ASSOCIATION_STARTED: Final = f"""
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations)
