@@ -46,39 +46,20 @@ with atheris.instrument_imports(include=["oxidicom_py"]):
 TESTS = Path(__file__).resolve().parent.parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-_MAX_PDU = (16384, 0, 256, 4096)
+from fuzz_inputs import acceptor_config, split  # noqa: E402
+
 _STEPS = (0.0, 0.0004, 0.002, 0.09)
 _REFUSAL = (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
 _OUTPUT = {pdu.A_ASSOCIATE_AC, pdu.A_ASSOCIATE_RJ, pdu.P_DATA_TF, pdu.A_RELEASE_RP, pdu.A_ABORT}
 _FINAL = {pdu.A_ASSOCIATE_RJ, pdu.A_RELEASE_RP, pdu.A_ABORT}
 
 
-def split(stream: bytes, pattern: bytes) -> list[bytes]:
-    sizes = [0 if p == 0 else p if p < 128 else (p - 127) * 64 for p in pattern] or [0]
-    chunks, pos, i = [], 0, 0
-    while pos < len(stream):
-        size = sizes[i % len(sizes)] or len(stream) - pos
-        chunks.append(stream[pos : pos + size])
-        pos += size
-        i += 1
-    return chunks
-
-
 class Run:
     def __init__(self, flags: int, mode: int) -> None:
         timeouts = 0.001 if mode & 0x10 else None
-        self.config = config.AcceptorConfig(
-            "OXI",
-            _MAX_PDU[(flags >> 1) & 3],
-            bool(flags & 0x01),
-            negotiation.AcceptancePolicy(bool(flags & 0x08), bool(flags & 0x10)),
-            artim_timeout=3600.0,
-            allowed_calling_aets=frozenset({"RAWSCU"}) if flags & 0x40 else None,
-            check_called_aet=bool(flags & 0x20),
-            idle_timeout=timeouts,
-            pdu_timeout=timeouts,
-        )
+        self.config = acceptor_config(config, negotiation, flags, timeouts)
         self.refuse = bool(flags & 0x80)
         self.result_delay = mode & 0x03
         self.timers = bool(mode & 0x10)

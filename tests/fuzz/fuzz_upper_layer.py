@@ -72,6 +72,7 @@ TESTS = Path(__file__).resolve().parent.parent  # harness.py is in tests/
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from fuzz_inputs import acceptor_config, split  # noqa: E402
 from harness import associate_rq, p_data  # noqa: E402  (after the instrumented imports, on purpose)
 
 StoreResult = events.StoreResult
@@ -104,7 +105,6 @@ ACCEPTOR_OUTPUT = {
 _LOOP_TURNS = 32
 """Event-loop iterations allowed for a store or a cancellation to complete (they need 2-3),
 plus one per 8 bytes of the stream, for the stores queued in a single read."""
-_MAX_PDU = (16384, 0, 256, 4096)
 _REFUSAL = (pdu.RJ_TRANSIENT, pdu.RJ_SOURCE_PRESENTATION, pdu.RJ_PRESENTATION_LOCAL_LIMIT_EXCEEDED)
 
 
@@ -205,17 +205,7 @@ class Run:
         self.flags, self.mode = flags, mode
         self.timers_fire = bool(mode & 0x10)
         timeouts = 1e-6 if self.timers_fire else None
-        self.config = config.AcceptorConfig(
-            "OXI",
-            _MAX_PDU[(flags >> 1) & 3],
-            bool(flags & 0x01),
-            negotiation.AcceptancePolicy(bool(flags & 0x08), bool(flags & 0x10)),
-            artim_timeout=3600.0,
-            allowed_calling_aets=frozenset({"RAWSCU"}) if flags & 0x40 else None,
-            check_called_aet=bool(flags & 0x20),
-            idle_timeout=timeouts,
-            pdu_timeout=timeouts,
-        )
+        self.config = acceptor_config(config, negotiation, flags, timeouts)
         self.refuse = bool(flags & 0x80)
         self.finish_kind = mode & 0x03
         self.honour_pause = bool(mode & 0x04)
@@ -253,17 +243,6 @@ class Run:
 
 
 # -- one input ---------------------------------------------------------------------------------
-
-
-def split(stream: bytes, pattern: bytes) -> list[bytes]:
-    sizes = [0 if p == 0 else p if p < 128 else (p - 127) * 64 for p in pattern] or [0]
-    chunks, pos, i = [], 0, 0
-    while pos < len(stream):
-        size = sizes[i % len(sizes)] or len(stream) - pos
-        chunks.append(stream[pos : pos + size])
-        pos += size
-        i += 1
-    return chunks
 
 
 async def _turns(until: Any, bound: int) -> None:
