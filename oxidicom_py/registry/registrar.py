@@ -22,7 +22,6 @@ Scheduling (all on the event loop thread):
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import datetime as dt
 import logging
@@ -30,14 +29,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
+from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
+from oxidicom_py.registry.batch_metrics import INSERTED as _INSERTED
+from oxidicom_py.registry.batch_metrics import REJECTED as _REJECTED
+from oxidicom_py.registry.batch_metrics import observe_batch
 from oxidicom_py.registry.errors import (
     RegistrarClosedError,
     RegistrarError,
@@ -46,7 +48,7 @@ from oxidicom_py.registry.errors import (
     is_data_error,
 )
 from oxidicom_py.registry.fitting import DbRow, fit_row
-from oxidicom_py.telemetry import metrics, tracing
+from oxidicom_py.telemetry import tracing
 
 __all__ = ["Registrar", "RegistrarClosedError", "RegistrarError", "RowRejectedError"]
 
@@ -315,16 +317,16 @@ class Registrar:
         try:
             entries = self._prepare(items)
             await self._commit(entries)
-            _observe_batch(items, time.monotonic() - started, span)
+            observe_batch(items, time.monotonic() - started, span)
         except asyncio.CancelledError:
             for item in items:
                 self._fail(item, RegistrarClosedError("registrar closed before the batch committed"))
-            _observe_batch(items, time.monotonic() - started, span)
+            observe_batch(items, time.monotonic() - started, span)
             raise
         except Exception as exc:  # a bug: do not leave callers waiting forever
             for item in items:
                 self._fail(item, exc)
-            _observe_batch(items, time.monotonic() - started, span)
+            observe_batch(items, time.monotonic() - started, span)
             raise
 
     def _prepare(self, items: list[_Item]) -> list[_Entry]:
@@ -461,36 +463,3 @@ class Registrar:
             now = self._last_creation_date + dt.timedelta(microseconds=1)
         self._last_creation_date = now
         return now
-
-
-_INSERTED, _ALREADY, _REJECTED = 1, 2, 3
-_RESULTS = {_INSERTED: "inserted", _ALREADY: "already_registered", _REJECTED: "rejected"}
-
-
-def _observe_batch(items: Sequence[_Item], seconds: float, span: Any) -> None:
-    """Metrics (and the span, when tracing) of one committed batch: a few calls per batch."""
-    counts = collections.Counter(item.outcome for item in items)
-    metrics.REGISTRATION_BATCH_SECONDS.observe(seconds)
-    for outcome, n in counts.items():
-        if outcome in _RESULTS:
-            metrics.REGISTRATION_ROWS.labels(_RESULTS[outcome]).inc(n)
-    if counts[_ALREADY]:
-        duplicates = collections.Counter(
-            item.row.pacs_identifier
-            for item in items
-            if item.outcome == _ALREADY and item.row.pacs_identifier != MARKER_PACS
-        )
-        for pacs, n in duplicates.items():
-            metrics.INSTANCES_DUPLICATE.labels(metrics.ae_label(pacs)).inc(n)
-    if span is not None:
-        span.set_attributes(
-            {
-                "oxidicom.batch.inserted": counts[_INSERTED],
-                "oxidicom.batch.already_registered": counts[_ALREADY],
-                "oxidicom.batch.rejected": counts[_REJECTED],
-                "oxidicom.batch.associations": sorted({item.row.association for item in items if item.row.association}),
-            }
-        )
-        if counts[_REJECTED]:
-            tracing.set_error(span, f"{counts[_REJECTED]} rows rejected by the database")
-        span.end()
