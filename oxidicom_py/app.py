@@ -101,6 +101,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
             pacs_address=settings.pacs_address,
             connect_timeout=settings.cfind_connect_timeout,
             response_timeout=settings.cfind_timeout,
+            requeries=settings.cfind_requeries,
         ),
         cfind_executor,
         executor if files.fsync else None,

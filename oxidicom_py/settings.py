@@ -324,6 +324,19 @@ class Settings:
         doc="Seconds to wait for its answer; then the count is `unknown`. Reception never waits for it.",
         ours=True,
     )
+    cfind_requeries: int = setting(
+        "OXIDICOM_CFIND_REQUERIES",
+        integer(0, 100),
+        default=3,
+        shown="`3`",
+        doc=(
+            "How many more times a series' count may be asked of the PACS in one association: when "
+            "more instances arrive than it said (a PACS still receiving the series, e.g. forwarding "
+            "each instance as it arrives, answers what it holds so far), and once more at the "
+            "association's end if the count is still below what arrived. `0`: the first answer stands."
+        ),
+        ours=True,
+    )
     series_quiescence: float = setting(
         "OXIDICOM_SERIES_QUIESCENCE",
         positive_float,

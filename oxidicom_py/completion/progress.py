@@ -48,14 +48,14 @@ ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     received = p.received + EXCLUDED.received,
     first_received = coalesce(p.first_received, EXCLUDED.first_received),
     last_received = EXCLUDED.last_received,
-    state = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'complete' ELSE 'receiving' END,
-    completed = CASE WHEN p.received + EXCLUDED.received = p.expected THEN now() END,
-    end_reason = CASE WHEN p.received + EXCLUDED.received = p.expected THEN 'count' END,
+    state = 'receiving',
+    completed = NULL,
+    end_reason = NULL,
     updated = now()
-RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, 'receiving'
 """
-"""The state only becomes ``complete`` here when this very increment reaches ``expected``
-(more instances after that reopen the series): every ``complete`` row returned is an end."""
+"""Instances arriving keep (or put back) their series in ``receiving``: a series only ends
+when its last open association ends, or by quiescence. Reaching ``expected`` mid-way does not
+end it: a PACS that is still receiving the series answers a count that grows (CUSTOM_SPEC.md)."""
 
 _ASSOCIATION_STARTED: Final = f"""
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations)
@@ -73,13 +73,18 @@ _SET_EXPECTED: Final = f"""
 WITH old AS (
     SELECT state FROM {PROGRESS_TABLE} WHERE pacs_identifier = %(pacs)s AND "SeriesInstanceUID" = %(series)s
 )
-INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, expected)
-VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, %(expected)s)
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, expected, count_queries, count_asked)
+VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, %(expected)s, 1, now())
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     expected = EXCLUDED.expected,
-    state = CASE WHEN p.received = EXCLUDED.expected THEN 'complete' ELSE p.state END,
-    completed = CASE WHEN p.received = EXCLUDED.expected THEN coalesce(p.completed, now()) ELSE p.completed END,
-    end_reason = CASE WHEN p.received = EXCLUDED.expected AND p.state = 'receiving' THEN 'count' ELSE p.end_reason END,
+    state = CASE WHEN p.received = EXCLUDED.expected AND cardinality(p.open_associations) = 0
+                 THEN 'complete' ELSE p.state END,
+    completed = CASE WHEN p.received = EXCLUDED.expected AND cardinality(p.open_associations) = 0
+                     THEN coalesce(p.completed, now()) ELSE p.completed END,
+    end_reason = CASE WHEN p.received = EXCLUDED.expected AND cardinality(p.open_associations) = 0
+                      AND p.state = 'receiving' THEN 'count' ELSE p.end_reason END,
+    count_queries = p.count_queries + 1,
+    count_asked = now(),
     updated = now()
 RETURNING p.pacs_identifier, p."SeriesInstanceUID", p.state, p.end_reason, (SELECT state FROM old)
 """
@@ -92,7 +97,9 @@ UPDATE {PROGRESS_TABLE} AS p SET
     open_associations = array_remove(p.open_associations, %(ulid)s),
     state = CASE
         WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.state
-        WHEN p.expected IS NOT NULL THEN CASE WHEN p.received >= p.expected THEN 'complete' ELSE 'incomplete' END
+        WHEN p.expected IS NOT NULL AND p.received = p.expected THEN 'complete'
+        WHEN p.expected IS NOT NULL AND p.received < p.expected THEN 'incomplete'
+        -- no count, or one below what arrived (not to be trusted): released means complete
         WHEN %(released)s THEN 'complete'
         ELSE 'incomplete' END,
     completed = CASE
@@ -100,7 +107,7 @@ UPDATE {PROGRESS_TABLE} AS p SET
         ELSE coalesce(p.completed, now()) END,
     end_reason = CASE
         WHEN cardinality(array_remove(p.open_associations, %(ulid)s)) > 0 THEN p.end_reason
-        WHEN p.state = 'complete' AND p.end_reason = 'count' THEN 'count'
+        WHEN p.expected IS NOT NULL AND p.received = p.expected THEN 'count'
         WHEN %(released)s THEN 'released'
         ELSE 'aborted' END,
     updated = now()
@@ -162,8 +169,8 @@ def _ended(rows: Sequence[tuple[str, str, str, str | None, str | None]]) -> list
 
 
 async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> AfterCommit | None:
-    """``on_inserted`` hook of the registrar: add newly registered instances to their series.
-    Returns what to announce once the transaction committed (series that reached their count)."""
+    """``on_inserted`` hook of the registrar: add newly registered instances to their series
+    (nothing ends here, so there is nothing to announce after the commit)."""
     counts: Counter[tuple[str, str, str, str]] = Counter(
         (row.pacs_identifier, row.SeriesInstanceUID, row.StudyInstanceUID, row.PatientID)
         for row in rows
@@ -172,7 +179,7 @@ async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -
     if not counts:
         return None
     keys = sorted(counts)
-    cursor = await conn.execute(
+    await conn.execute(
         _COUNT_INSERTED,
         (
             [k[0] for k in keys],
@@ -182,8 +189,7 @@ async def count_inserted(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -
             [counts[k] for k in keys],
         ),
     )
-    ended = _ended(await cursor.fetchall())
-    return (lambda: announce(ended)) if ended else None
+    return None
 
 
 def _key(pacs: str, series: str, study: str, patient: str) -> dict[str, object]:

@@ -55,6 +55,8 @@ class CFindSettings:
     pacs_address: Mapping[str, tuple[str, int]]
     connect_timeout: float
     response_timeout: float
+    requeries: int = 3
+    """Further C-FINDs allowed per series and association, the last kept for its end."""
 
 
 @dataclass(slots=True)
@@ -69,6 +71,11 @@ class _Series:
     started_registered: bool = False
     rows: list[asyncio.Future[bool]] = field(default_factory=list)
     count_task: asyncio.Task[None] | None = None
+    count: int | None = None
+    """The newest count the PACS gave."""
+    asks: int = 0
+    marker_value: str | None = None
+    """The value of the newest NumberOfSeriesRelatedInstances marker written."""
 
 
 def marker_path(series_folder: str, ulid: str, key: str, value: str) -> str:
@@ -153,8 +160,17 @@ class AssociationSeries:
             self.series[folder] = s
             if self.address is None:
                 self._no_address()
-            s.count_task = self.tracker.spawn(self._number_of_series_related_instances(s))
+            s.count_task = self.tracker.spawn(self._ask(s))
         s.attempted += 1
+        if (
+            s.count is not None
+            and s.attempted > s.count
+            and self.address is not None
+            and s.asks < self.tracker.cfind.requeries  # one is kept for the association's end
+            and (s.count_task is None or s.count_task.done())
+        ):
+            # more arrived than the PACS said: it may still be receiving the series, ask again
+            s.count_task = self.tracker.spawn(self._ask(s))
 
     def registering(self, row: PacsFileRow) -> InTransaction | None:
         """The SQL to run with this instance's row (the first of a series opens it in progress)."""
@@ -211,7 +227,10 @@ class AssociationSeries:
         )
         return await asyncio.get_running_loop().run_in_executor(self.tracker.cfind_executor, query)
 
-    async def _number_of_series_related_instances(self, s: _Series) -> None:
+    async def _ask(self, s: _Series) -> None:
+        """Ask the PACS for the series' count; write the marker (a new one when the value
+        changed) and set ``expected``, recording the question in the progress row."""
+        s.asks += 1
         span = None
         if self.address is not None:
             span = tracing.start_span(
@@ -239,10 +258,22 @@ class AssociationSeries:
         self.log.info(
             "NumberOfSeriesRelatedInstances=%s",
             value,
-            extra={"SeriesInstanceUID": s.series_uid, "cfind_error": result.error, "cfind_seconds": result.elapsed},
+            extra={
+                "SeriesInstanceUID": s.series_uid,
+                "cfind_error": result.error,
+                "cfind_seconds": result.elapsed,
+                "ask": s.asks,
+                "arrived": s.attempted,
+            },
         )
+        if result.count is None and s.marker_value is not None:
+            return  # a later question that got no answer: the count we have stands
+        if result.count is not None:
+            s.count = result.count
         row = self._marker_row(s, NUMBER_OF_SERIES_RELATED_INSTANCES, value)
-        await self.tracker.write_marker(row.fname)
+        if value != s.marker_value:
+            await self.tracker.write_marker(row.fname)
+            s.marker_value = value
         extra = None
         ended: list[SeriesEnded] = []
         if result.count is not None:
@@ -262,6 +293,16 @@ class AssociationSeries:
         # Every other row of this series from this association must be committed first.
         self.tracker.registrar.flush()  # the association is over: its last rows need not linger
         if s.count_task is not None:
+            await asyncio.gather(s.count_task, return_exceptions=True)
+        if (
+            self.address is not None
+            and s.count is not None
+            and s.attempted > s.count
+            and s.asks <= self.tracker.cfind.requeries
+        ):
+            # the count was taken before the last instance and is below what arrived: ask once
+            # more, now that the association is over (only a count asked now can be trusted)
+            s.count_task = self.tracker.spawn(self._ask(s))
             await asyncio.gather(s.count_task, return_exceptions=True)
         await asyncio.gather(*s.rows, return_exceptions=True)
         row = self._marker_row(s, ATTEMPTED_PUSH_COUNT, str(s.attempted))

@@ -109,6 +109,8 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
     open_associations text[] NOT NULL DEFAULT '{{}}',
     updated timestamp with time zone NOT NULL DEFAULT now(),
     end_reason varchar(10) NULL CHECK (end_reason IN ({", ".join(f"'{r}'" for r in END_REASONS)})),
+    count_queries integer NOT NULL DEFAULT 0,
+    count_asked timestamp with time zone NULL,
     CONSTRAINT oxidicom_series_progress_series_key UNIQUE (pacs_identifier, "SeriesInstanceUID")
 )
 """
@@ -118,6 +120,12 @@ ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS end_reason varchar(10) NUL
     CHECK (end_reason IN ({", ".join(f"'{r}'" for r in END_REASONS)}))
 """
 """For a progress table made before end reasons were recorded."""
+
+_PROGRESS_COUNT_QUERIES_DDL: Final = f"""
+ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS count_queries integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS count_asked timestamp with time zone NULL
+"""
+"""For a progress table made before the C-FIND re-queries were recorded."""
 
 _PROGRESS_NOTIFY_DDL: Final = f"""
 CREATE OR REPLACE FUNCTION oxidicom_series_progress_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -158,7 +166,7 @@ def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
     statements = [_PACS_DDL.strip(), _PACSFILE_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in INDEXES.items()]
-    statements += [_PROGRESS_DDL.strip(), _PROGRESS_END_REASON_DDL.strip()]
+    statements += [_PROGRESS_DDL.strip(), _PROGRESS_END_REASON_DDL.strip(), _PROGRESS_COUNT_QUERIES_DDL.strip()]
     statements += [_PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
     return statements

@@ -112,6 +112,7 @@ def test_counts_from_orthanc_markers_and_progress(
             assert p is not None
             assert (p["expected"], p["received"], p["state"]) == (len(files), len(files), "complete")
             assert p["end_reason"] == "count"
+            assert p["count_queries"] == 1  # a PACS that holds the whole series: asked once
             assert _instances(db_uri, uid) == len(files)
     assert rx.messages("error") == []
     ended = sorted(
