@@ -141,7 +141,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oxidicom-py", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,watch}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,watch,rules}")
     serve = sub.add_parser("serve", help="receive DICOM (C-STORE, C-ECHO); configured by OXIDICOM_* variables")
     serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker")  # internal: started by the supervisor; not listed in --help
@@ -153,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--slots-fd", type=int, default=-1, help="shared association slots (see net/slots.py)")
     worker.add_argument("--workers", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
-    from oxidicom_py.commands import watch
+    from oxidicom_py.commands import rules_cmd, watch
 
     watch.add_parser(sub)
+    rules_cmd.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 
