@@ -31,6 +31,7 @@ from oxidicom_py.net import tls
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
+from oxidicom_py.processing.reloader import RulesInForce
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.settings import Settings
@@ -80,6 +81,8 @@ class Worker:
     cfind_executor: ThreadPoolExecutor
     sweeper: asyncio.Task[None]
     sampler: asyncio.Task[None]
+    rules: RulesInForce | None = None
+    """The processing rules in force (``OXIDICOM_RULES``), read again when the file changes."""
 
 
 async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, share: WorkerShare) -> Worker:
@@ -136,8 +139,11 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
+    rules = RulesInForce(settings.rules) if settings.rules is not None else None
+    if rules is not None:
+        rules.start()
     return Worker(
-        listener, ingest, pipeline, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler
+        listener, ingest, pipeline, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler, rules
     )
 
 
@@ -165,6 +171,8 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
         clean = False
         log.error("registrations still pending at shutdown", extra={"pending": worker.registrar.pending})
     worker.sampler.cancel()
+    if worker.rules is not None:
+        await worker.rules.stop()
     metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
     try:
         await asyncio.wait_for(worker.pipeline.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)

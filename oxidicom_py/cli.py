@@ -50,6 +50,14 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     tracing.configure({"oxidicom.role": "supervisor" if s.listener_processes > 1 else "receiver"})
     from oxidicom_py import app, runtime
     from oxidicom_py.net import tls
+    from oxidicom_py.processing import rules
+
+    if s.rules is not None:
+        try:  # an invalid rules file stops start-up with one line, as any bad setting does
+            rules.load(s.rules)
+        except rules.RulesError as e:
+            print(f"oxidicom-py: configuration error: OXIDICOM_RULES: {e}", file=sys.stderr)
+            return 2
 
     def serve() -> Awaitable[int]:
         """One process, or a supervisor and its workers: the only place that chooses."""

@@ -384,6 +384,21 @@ class Settings:
         doc="Address to listen on.",
         ours=True,
     )
+    rules: Path | None = setting(
+        "OXIDICOM_RULES",
+        readable_file,
+        default=None,
+        shown="*(no processing)*",
+        doc=(
+            "The processing rules file (YAML; `oxidicom-py rules check FILE` validates it, "
+            "`oxidicom-py rules test FILE --series UID` tries it on received series). An invalid file "
+            "stops start-up with one line naming the file and the line; a changed file is read again "
+            "within a second, and an invalid new version keeps the old rules (logged, and counted in "
+            "`oxidicom_rules_reload_errors_total`). Loaded and checked only, so far: the jobs it "
+            "describes are the next step of this version."
+        ),
+        ours=True,
+    )
     verbose: bool = setting(
         "OXIDICOM_VERBOSE",
         parse_bool,

@@ -74,6 +74,10 @@ REGISTRATION_QUEUE_DEPTH = Gauge(
 CFIND = Counter("oxidicom_cfind", "C-FIND queries for a series' instance count, by result.", ["result"])
 CFIND_SECONDS = Histogram("oxidicom_cfind_seconds", "Duration of those C-FIND queries.", buckets=_LATENCY_BUCKETS)
 
+RULES_RELOAD_ERRORS = Counter(
+    "oxidicom_rules_reload_errors",
+    "Changed OXIDICOM_RULES files that were invalid (the previous rules stayed in force).",
+)
 SERIES_ENDED = Counter(
     "oxidicom_series_ended", "Series whose last open association ended (or went quiet), by state.", ["state"]
 )
@@ -99,6 +103,7 @@ NAMES: Final = (
     "oxidicom_series_ended",
     "oxidicom_workers_alive",
     "oxidicom_worker_restarts",
+    "oxidicom_rules_reload_errors",
 )
 
 _ae_labels: set[str] = set()

@@ -69,3 +69,50 @@ def test_rules_test_explains_each_rule_for_received_series(tmp_path: Path, db_ur
     by_description = {description: uid for uid, description in described.items()}
     first, second = by_description["synthetic MR phantom 1"], by_description["synthetic MR phantom 2"]
     assert pair == f"study {study}: match pair: first={first}, second={second}", pair
+
+
+def test_an_invalid_rules_file_stops_start_up_with_one_line(tmp_path: Path, db_uri: str) -> None:
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - name: a\n    run: {command: [x], timeout: soon}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "oxidicom_py", "serve"],
+        env={"OXIDICOM_DB_CONNECTION": db_uri, "OXIDICOM_RULES": str(bad), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"oxidicom-py: configuration error: OXIDICOM_RULES: {bad}:3: "
+        "rules/0/run/timeout: 'soon' is not of type 'number'"
+    ]
+
+
+def test_a_changed_rules_file_is_read_again_and_an_invalid_one_keeps_the_old_rules(tmp_path: Path, db_uri: str) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {name: first, send_to: [sender]}\n")
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_RULES": str(path),
+        "OXIDICOM_LISTENER_PROCESSES": "1",
+    }
+
+    def in_force() -> list[list[str]]:
+        return [line["rules"] for line in rx.lines if line.get("msg") == "rules in force"]
+
+    def refused() -> list[dict[str, object]]:
+        return [line for line in rx.lines if str(line.get("msg", "")).startswith("rules file not taken")]
+
+    with ServeProcess(env, tmp_path) as rx:
+        assert in_force() == [["first"]]
+        path.write_text("rules:\n  - {name: first, send_to: [sender]}\n  - {name: second, send_to: [sender]}\n")
+        wait_until(lambda: len(in_force()) == 2, 10, what="the changed file read again")
+        assert in_force()[-1] == ["first", "second"]
+        path.write_text("rules:\n  - {name: broken\n")  # a save half-way through an edit
+        wait_until(refused, 10, what="the invalid version refused")
+        assert "not valid YAML" in str(refused()[0]["msg"]) and refused()[0]["rules"] == 2  # old rules in force
+        path.write_text("rules:\n  - {name: third, send_to: [sender]}\n")
+        wait_until(lambda: in_force()[-1] == ["third"], 10, what="a valid version again")
+    assert len(refused()) == 1
