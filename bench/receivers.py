@@ -31,6 +31,8 @@ import procmon
 import telemetry_probe
 
 BENCH_DIR = Path(__file__).resolve().parent
+DCMTK_STORESCP = "/usr/bin/storescp"
+"""DCMTK by its real path: pynetdicom installs a storescp of its own into the venv's bin/."""
 SENDER_AET = "BENCH"  # calling AE title of every storescu
 START_TIMEOUT = 60.0
 OTEL_EXPORT_EVERY_MS = 1000  # telemetry variants: OTEL_BSP_SCHEDULE_DELAY
@@ -72,7 +74,7 @@ def kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
 @dataclass(frozen=True)
 class ReceiverDef:
     key: str  # unique id, used by --only
-    kind: str  # oxidicom | storescp | storescp-fork | orthanc | pynetdicom
+    kind: str  # oxidicom | storescp (the ratios' baseline) | storescp-alt | storescp-fork | orthanc | pynetdicom
     storage: str  # tmpfs | disk
     label: str
     aet: str
@@ -82,6 +84,8 @@ class ReceiverDef:
     # oxidicom only: "both" = /metrics (scraped by the bench) and OTLP traces to the bench's sink;
     # "metrics" or "traces" = one of them (to tell their costs apart); "" = neither
     telemetry: str = ""
+    # storescp only: its options (default: the bench's historical baseline, "+xa -pdu 131072")
+    options: tuple[str, ...] = ("+xa", "-pdu", "131072")
 
     @property
     def storage_label(self) -> str:
@@ -133,6 +137,11 @@ def receiver_defs(oxidicom_processes: list[int | None]) -> list[ReceiverDef]:
         ReceiverDef("storescp-tmpfs", "storescp", "tmpfs", "storescp", "RECV", big=True),
         ReceiverDef("storescp-disk", "storescp", "disk", "storescp", "RECV"),
         ReceiverDef("storescp-fork-tmpfs", "storescp-fork", "tmpfs", "storescp --fork", "RECV", big=True),
+        # the configurations a performance-minded user picks: defaults, and bit-preserving (+B:
+        # the dataset written as received, no re-encoding), one process or one per association
+        ReceiverDef("storescp-plain-tmpfs", "storescp-alt", "tmpfs", "storescp (defaults)", "RECV", options=()),
+        ReceiverDef("storescp-B-tmpfs", "storescp-alt", "tmpfs", "storescp +B", "RECV", options=("+B",)),
+        ReceiverDef("storescp-fork-B-tmpfs", "storescp-fork", "tmpfs", "storescp --fork +B", "RECV", options=("+B",)),
         ReceiverDef("orthanc-tmpfs", "orthanc", "tmpfs", "Orthanc", "ORTHANC", big=True),
         ReceiverDef("pynetdicom-tmpfs", "pynetdicom", "tmpfs", "pynetdicom raw", "PYSCP", big=True),
     ]
@@ -390,8 +399,8 @@ def start(
             db.drop(db_name)
             raise
         return running
-    if rdef.kind in ("storescp", "storescp-fork"):
-        cmd = ["storescp", "-aet", rdef.aet, "+xa", "-pdu", "131072", "-od", str(out_dir)]
+    if rdef.kind in ("storescp", "storescp-alt", "storescp-fork"):
+        cmd = [DCMTK_STORESCP, "-aet", rdef.aet, *rdef.options, "-od", str(out_dir)]
         if rdef.kind == "storescp-fork":
             cmd.append("--fork")
         proc = _popen([*cmd, str(port)], env, run_dir, log_path)

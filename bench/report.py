@@ -281,6 +281,7 @@ COLORS = {
     "oxidicom": "#d62728",
     "storescp": "#1f77b4",
     "storescp-fork": "#17becf",
+    "storescp-alt": "#aec7e8",
     "orthanc": "#2ca02c",
     "pynetdicom": "#9467bd",
 }

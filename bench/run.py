@@ -53,7 +53,14 @@ SETTLE_S = 0.2  # after a receiver says it is ready, before the clock starts
 COMMIT_POLL_S = 0.005
 COMMIT_WAIT_S = 60.0  # after the last sender exited, how long rows may still take
 SCRAPE_INTERVAL_S = 1.0  # telemetry runs: /metrics scraped this often (Prometheus' usual is 15 s, often 5 s)
-QUICK_RECEIVERS = ("oxidicom*-tmpfs", "storescp-tmpfs", "storescp-fork-tmpfs", "orthanc-tmpfs", "pynetdicom-tmpfs")
+QUICK_RECEIVERS = (
+    "oxidicom*-tmpfs",
+    "storescp-tmpfs",
+    "storescp-fork-tmpfs",
+    "storescp-fork-B-tmpfs",
+    "orthanc-tmpfs",
+    "pynetdicom-tmpfs",
+)
 
 
 def log(msg: str) -> None:
@@ -100,7 +107,7 @@ def start_senders(chunks: list[list[Path]], aet: str, port: int, log_dir: Path) 
     for i, files in enumerate(chunks):
         log_path = log_dir / f"storescu-{i}.log"
         with log_path.open("wb") as out:
-            cmd = ["storescu", "-aet", SENDER_AET, "-aec", aet, "127.0.0.1", str(port), *map(str, files)]
+            cmd = ["/usr/bin/storescu", "-aet", SENDER_AET, "-aec", aet, "127.0.0.1", str(port), *map(str, files)]
             proc = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -523,7 +530,7 @@ def machine_facts(pg_version: str | None, oxidicom_src: Path | None = None) -> d
         "kernel": platform.release(),
         "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "python": platform.python_version(),
-        "dcmtk": _first_line(["storescp", "--version"]).strip("$ "),
+        "dcmtk": _first_line(["/usr/bin/storescp", "--version"]).strip("$ "),
         "orthanc": _first_line(["Orthanc", "--version"]).removeprefix("Orthanc ").strip(),
         "pynetdicom": version("pynetdicom"),
         "pydicom": version("pydicom"),
@@ -697,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     started_utc = dt.datetime.now(dt.UTC)
     stamp = started_utc.strftime("%Y%m%dT%H%M%SZ")
     missing = [t for t in ("storescu", "storescp", "Orthanc") if shutil.which(t) is None]
-    need = {"storescp", "storescp-fork", "orthanc"} & {d.kind for d in args.defs}
+    need = {"storescp", "storescp-alt", "storescp-fork", "orthanc"} & {d.kind for d in args.defs}
     if "storescu" in missing or any(
         (k.startswith("storescp") and "storescp" in missing) or (k == "orthanc" and "Orthanc" in missing) for k in need
     ):
