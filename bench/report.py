@@ -92,6 +92,31 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ok = mine and theirs and theirs["median"]
             ratios[field] = mine["median"] / theirs["median"] if ok else None  # type: ignore[index]
         r["vs_storescp"] = ratios if b else None
+        # and to the best DCMTK configuration of the same cell (defaults, +B, --fork, --fork +B, ...)
+        best = max(
+            (
+                d
+                for d in rows
+                if d["kind"].startswith("storescp")
+                and d["runs_ok"] > 0
+                and (d["corpus"], d["associations"], d["storage"])
+                == (r["corpus"], r["associations"], r["storage"].split(" ")[0])
+                and d["inst_per_s"]
+            ),
+            key=lambda d: d["inst_per_s"]["median"],
+            default=None,
+        )
+        r["vs_best_dcmtk"] = (
+            {
+                "receiver": best["label"],
+                "inst_per_s": r["inst_per_s"]["median"] / best["inst_per_s"]["median"] if r.get("inst_per_s") else None,
+                "cpu_s_per_1k": r["cpu_s_per_1k"]["median"] / best["cpu_s_per_1k"]["median"]
+                if r.get("cpu_s_per_1k") and best.get("cpu_s_per_1k") and best["cpu_s_per_1k"]["median"]
+                else None,
+            }
+            if best
+            else None
+        )
     return rows
 
 
@@ -225,9 +250,10 @@ def markdown(doc: dict[str, Any]) -> str:
     out.append("")
     out.append(
         "| corpus | assoc | receiver | storage | inst/s | MB/s | CPU s / 1k inst | peak RSS MB |"
-        " release→last row p50 / p99 ms | vs storescp: inst/s · CPU · RSS | other CPU % | runs ok |"
+        " release→last row p50 / p99 ms | vs storescp: inst/s · CPU · RSS | vs best DCMTK: inst/s · CPU |"
+        " other CPU % | runs ok |"
     )
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["memory_only"]:
             continue
@@ -237,11 +263,15 @@ def markdown(doc: dict[str, Any]) -> str:
         vs_text = (
             f"{_ratio(vs['inst_per_s'])} · {_ratio(vs['cpu_s_per_1k'])} · {_ratio(vs['peak_rss_mb'])}" if vs else "–"
         )
+        best = r.get("vs_best_dcmtk")
+        best_text = (
+            f"{_ratio(best['inst_per_s'])} · {_ratio(best['cpu_s_per_1k'])} ({best['receiver']})" if best else "–"
+        )
         name = f"**{r['label']}**" if r["kind"] == "oxidicom" else r["label"]
         out.append(
             f"| {r['corpus']} | ×{r['associations']} | {name} | {r['storage']} | {_cell(r['inst_per_s'])} |"
             f" {_cell(r['mb_per_s'], 0, False)} | {_cell(r['cpu_s_per_1k'], 3)} | {_cell(r['peak_rss_mb'], 0, False)} |"
-            f" {lat_text} | {vs_text} | {_cell(r['other_cpu_pct'], 0, False)} | {_status(r)} |"
+            f" {lat_text} | {vs_text} | {best_text} | {_cell(r['other_cpu_pct'], 0, False)} | {_status(r)} |"
         )
     out.extend(telemetry_markdown(rows))
     big = [r for r in rows if r["memory_only"]]
