@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from oxidicom_py.setting_fields import cpus, markdown_table, read_fields, setting
 from oxidicom_py.setting_parsers import (
     SettingsError,
     ae_list,
@@ -37,33 +38,6 @@ from oxidicom_py.setting_parsers import (
 )
 
 T = TypeVar("T")
-
-
-def setting(
-    env: str,
-    parse: Callable[[str, str], Any],
-    *,
-    default: Any = None,
-    default_factory: Callable[[], Any] | None = None,
-    shown: str,
-    doc: str,
-    ours: bool = False,
-    derive: Callable[[dict[str, Any]], Any] | None = None,
-) -> Any:
-    """A :class:`Settings` field read from ``env`` with ``parse(env, raw)``.
-
-    ``shown``: the default as the README shows it; ``doc``: its meaning there; ``ours``: a
-    variable the reference receiver does not have; ``derive``: the default computed from the
-    fields before it (e.g. the files root from the state folder), when ``env`` is unset.
-    """
-    metadata = {"env": env, "parse": parse, "shown": shown, "doc": doc, "ours": ours, "derive": derive}
-    if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,7 +333,7 @@ class Settings:
     listener_processes: int = setting(
         "OXIDICOM_LISTENER_PROCESSES",
         integer(1, 256),
-        default_factory=_cpus,
+        default_factory=cpus,
         shown="number of CPUs",
         doc=(
             "Worker processes sharing the listening port (the kernel hands each connection to a worker "
@@ -454,19 +428,7 @@ DOCUMENTED = tuple(f.metadata["env"] for f in VARIABLES)
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every ``OXIDICOM_*`` variable."""
-    e = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    for f in VARIABLES:
-        meta = f.metadata
-        raw = e.get(meta["env"])
-        if raw is not None:
-            values[f.name] = meta["parse"](meta["env"], raw)
-        elif meta["derive"] is not None:
-            values[f.name] = meta["derive"](values)
-        elif f.default_factory is not dataclasses.MISSING:
-            values[f.name] = f.default_factory()
-        else:
-            values[f.name] = f.default
+    values = read_fields(VARIABLES, os.environ if env is None else env)
     if values.get("tls_cert") is None and (values.get("tls_key") or values.get("tls_client_ca")):
         raise SettingsError("OXIDICOM_TLS_CERT: required when OXIDICOM_TLS_KEY or OXIDICOM_TLS_CLIENT_CA is set")
     return Settings(**values)
@@ -479,13 +441,5 @@ def unknown_variables(env: Mapping[str, str] | None = None) -> list[str]:
 
 
 def readme_table() -> str:
-    """The README's configuration section: which variables are ours, then one row per variable."""
-    ours = ", ".join(f"`{f.metadata['env']}`" for f in VARIABLES if f.metadata["ours"])
-    lines = [
-        f"Names are the reference's, except these, which are ours: {ours}.",
-        "",
-        "| variable | default | meaning |",
-        "|---|---|---|",
-    ]
-    lines += [f"| `{f.metadata['env']}` | {f.metadata['shown']} | {f.metadata['doc']} |" for f in VARIABLES]
-    return "\n".join(lines) + "\n"
+    """The README's configuration section, made from the declarations."""
+    return markdown_table(VARIABLES)

@@ -50,6 +50,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
         time.sleep(interval)
 
 
+def query(db_uri: str, sql: str, *params: Any) -> list[dict[str, Any]]:
+    """The rows of one query, as dicts."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(db_uri, row_factory=dict_row, connect_timeout=5) as conn:
+        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+
+def marker_values(db_uri: str, series_uid: str, key: str) -> list[str]:
+    """Values of a series' marker rows of one kind (``NumberOfSeriesRelatedInstances``,
+    ``OxidicomAttemptedPushCount``), oldest first."""
+    rows = query(
+        db_uri,
+        'SELECT "SeriesDescription" AS value FROM pacsfiles_pacsfile WHERE "SeriesInstanceUID" = %s '
+        'AND "ProtocolName" = %s AND fname LIKE %s ORDER BY id',
+        series_uid,
+        key,
+        "SERVICES/PACS/org.fnndsc.oxidicom/%",
+    )
+    return [r["value"] for r in rows]
+
+
 def instance_rows(db_uri: str, pacs: str | None = None) -> int:
     """Registered instances (not the series marker rows), of one calling AE title if given."""
     import psycopg

@@ -33,7 +33,8 @@ from oxidicom_py.dicom.once import OncePer
 from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.net.cfind_scu import SeriesCount, query_series_count
 from oxidicom_py.record import PacsFileRow
-from oxidicom_py.registry.registrar import InTransaction, Registrar
+from oxidicom_py.registry.batch_items import InTransaction
+from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.storage.writer import FilesRoot
 from oxidicom_py.telemetry import metrics, tracing
 from oxidicom_py.telemetry.logs import ContextLogger

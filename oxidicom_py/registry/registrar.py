@@ -28,7 +28,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Final
 
 import psycopg
@@ -36,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
+from oxidicom_py.registry.batch_items import Attempt, Entry, InTransaction, Item, OnInserted
 from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
 from oxidicom_py.registry.batch_metrics import INSERTED as _INSERTED
 from oxidicom_py.registry.batch_metrics import REJECTED as _REJECTED
@@ -56,42 +56,6 @@ _LINGER_TOLERANCE: Final = 0.001
 """A timer may fire up to the loop's clock resolution early; accept that much."""
 
 _module_logger = logging.getLogger(__name__)
-
-
-InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
-"""More SQL to run in the transaction that registers a row (must be idempotent: it runs again
-if the row's batch is retried after a COMMIT whose outcome was unknown)."""
-
-OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[Callable[[], None] | None]]
-"""Called in each batch's transaction with the rows that this transaction newly inserted; may
-return an action to run once that transaction has committed (never if it rolled back)."""
-
-
-@dataclass(slots=True)
-class _Item:
-    row: PacsFileRow
-    future: asyncio.Future[bool]
-    enqueued: float
-    resolved: bool = False
-    extra: InTransaction | None = None
-    outcome: int = 0  # _INSERTED, _ALREADY or _REJECTED once settled
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One distinct fname of a batch and every submission carrying it (first one wins)."""
-
-    values: DbRow
-    items: list[_Item] = field(default_factory=list)
-
-
-class _Attempt:
-    """Tracks whether COMMIT was sent, to tell an unknown outcome from a sure rollback."""
-
-    __slots__ = ("commit_sent",)
-
-    def __init__(self) -> None:
-        self.commit_sent = False
 
 
 class Registrar:
@@ -127,7 +91,7 @@ class Registrar:
         self._on_begin = on_begin
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer: deque[_Item] = deque()
+        self._buffer: deque[Item] = deque()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -168,7 +132,7 @@ class Registrar:
         if self._closing:
             raise RuntimeError("registrar is closed")
         future: asyncio.Future[bool] = loop.create_future()
-        self._buffer.append(_Item(row, future, loop.time(), extra=extra))
+        self._buffer.append(Item(row, future, loop.time(), extra=extra))
         self._pending += 1
         self._idle.clear()
         if urgent:
@@ -289,7 +253,7 @@ class Registrar:
 
     # -- resolving futures ---------------------------------------------------------------------
 
-    def _settle(self, item: _Item) -> bool:
+    def _settle(self, item: Item) -> bool:
         if item.resolved:
             return False
         item.resolved = True
@@ -298,12 +262,12 @@ class Registrar:
             self._idle.set()
         return not item.future.done()  # the caller may have cancelled it
 
-    def _resolve(self, item: _Item, inserted: bool) -> None:
+    def _resolve(self, item: Item, inserted: bool) -> None:
         item.outcome = _INSERTED if inserted else _ALREADY
         if self._settle(item):
             item.future.set_result(inserted)
 
-    def _fail(self, item: _Item, error: BaseException) -> None:
+    def _fail(self, item: Item, error: BaseException) -> None:
         item.outcome = _REJECTED
         if self._settle(item):
             item.future.set_exception(error)
@@ -311,7 +275,7 @@ class Registrar:
 
     # -- one batch -----------------------------------------------------------------------------
 
-    async def _run_batch(self, items: list[_Item]) -> None:
+    async def _run_batch(self, items: list[Item]) -> None:
         started = time.monotonic()
         span = tracing.start_span(tracing.REGISTRATION_BATCH, {"oxidicom.batch.rows": len(items)})
         try:
@@ -329,19 +293,19 @@ class Registrar:
             observe_batch(items, time.monotonic() - started, span)
             raise
 
-    def _prepare(self, items: list[_Item]) -> list[_Entry]:
+    def _prepare(self, items: list[Item]) -> list[Entry]:
         """Fit values, merge submissions with the same fname, sort by fname."""
-        entries: dict[str, _Entry] = {}
+        entries: dict[str, Entry] = {}
         for item in items:
             try:
                 values = fit_row(item.row, self._log)
             except Exception as exc:
                 self._reject(item, exc)
                 continue
-            entries.setdefault(values.fname, _Entry(values)).items.append(item)
+            entries.setdefault(values.fname, Entry(values)).items.append(item)
         return [entries[fname] for fname in sorted(entries)]
 
-    async def _commit(self, entries: list[_Entry], in_doubt: Sequence[dt.datetime] = ()) -> None:
+    async def _commit(self, entries: list[Entry], in_doubt: Sequence[dt.datetime] = ()) -> None:
         """Commit ``entries``: retry on operational errors, bisect on data errors.
 
         ``in_doubt`` holds the creation dates of earlier attempts on these rows whose COMMIT
@@ -355,7 +319,7 @@ class Registrar:
         while True:
             attempt += 1
             creation_date = self._next_creation_date()
-            state = _Attempt()
+            state = Attempt()
             try:
                 inserted = await self._transaction(entries, creation_date, in_doubt, state)
             except psycopg.errors.ForeignKeyViolation as exc:
@@ -386,10 +350,10 @@ class Registrar:
 
     async def _transaction(
         self,
-        entries: Sequence[_Entry],
+        entries: Sequence[Entry],
         creation_date: dt.datetime,
         in_doubt: Sequence[dt.datetime],
-        state: _Attempt,
+        state: Attempt,
     ) -> set[str]:
         rows = [entry.values for entry in entries]
         after: Callable[[], None] | None = None
@@ -418,7 +382,7 @@ class Registrar:
                 self._log.exception("an after-commit action failed")
         return inserted
 
-    async def _split(self, entries: list[_Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:
+    async def _split(self, entries: list[Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:
         if len(entries) == 1:
             for item in entries[0].items:
                 self._reject(item, error)
@@ -431,7 +395,7 @@ class Registrar:
         await self._commit(entries[:middle], in_doubt)
         await self._commit(entries[middle:], in_doubt)
 
-    def _reject(self, item: _Item, error: BaseException) -> None:
+    def _reject(self, item: Item, error: BaseException) -> None:
         self._log.error(
             "row could not be registered",
             extra={**log_fields(item.row), "error": describe(error)},
@@ -440,7 +404,7 @@ class Registrar:
         rejected.__cause__ = error
         self._fail(item, rejected)
 
-    async def _backoff(self, entries: Sequence[_Entry], attempt: int, error: BaseException) -> None:
+    async def _backoff(self, entries: Sequence[Entry], attempt: int, error: BaseException) -> None:
         delay = min(self._backoff_max, self._backoff_initial * 2 ** min(attempt - 1, 30))
         level = logging.WARNING if isinstance(error, psycopg.OperationalError | OSError) else logging.ERROR
         self._log.log(

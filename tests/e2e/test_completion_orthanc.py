@@ -11,38 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pydicom
 import pytest
-from harness import LOOPBACK, load_script, wait_until
+from harness import LOOPBACK, load_script, marker_values, query, wait_until
 from peers import Orthanc, ServeProcess, free_port
-from psycopg.rows import dict_row
 
 pytestmark = pytest.mark.integration
 
 AET = "OXITESTORTHANC"
 
 
-def _query(db: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(db, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
-def _markers(db: str, uid: str, key: str) -> list[str]:
-    rows = _query(
-        db,
-        'SELECT "SeriesDescription" AS value FROM pacsfiles_pacsfile WHERE "SeriesInstanceUID" = %s '
-        'AND "ProtocolName" = %s AND fname LIKE %s ORDER BY id',
-        uid,
-        key,
-        "SERVICES/PACS/org.fnndsc.oxidicom/%",
-    )
-    return [r["value"] for r in rows]
-
-
 def _instances(db: str, uid: str) -> int:
     return int(
-        _query(
+        query(
             db,
             "SELECT count(*) AS n FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
             'WHERE p.identifier = %s AND f."SeriesInstanceUID" = %s',
@@ -53,7 +34,7 @@ def _instances(db: str, uid: str) -> int:
 
 
 def _progress(db: str, uid: str) -> dict[str, Any] | None:
-    rows = _query(db, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
+    rows = query(db, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
     return rows[0] if rows else None
 
 
@@ -105,9 +86,9 @@ def test_counts_from_orthanc_markers_and_progress(
             t.join(120)
         assert [r["FailedInstancesCount"] for r in results] == [0, 0]
         for uid, files in synthetic_series.items():
-            wait_until(lambda uid=uid: _markers(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
-            assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == [str(len(files))]
-            assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == [str(len(files))]
+            wait_until(lambda uid=uid: marker_values(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
+            assert marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances") == [str(len(files))]
+            assert marker_values(db_uri, uid, "OxidicomAttemptedPushCount") == [str(len(files))]
             p = _progress(db_uri, uid)
             assert p is not None
             assert (p["expected"], p["received"], p["state"]) == (len(files), len(files), "complete")
@@ -134,15 +115,15 @@ def test_split_across_two_associations_then_partial(
         wait_until(lambda: (p := _progress(db_uri, uid)) is not None and p["state"] == "incomplete", 30)
         p = _progress(db_uri, uid)
         assert p is not None and (p["received"], p["expected"], p["end_reason"]) == (12, 30, "released")
-        assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == ["12"]
+        assert marker_values(db_uri, uid, "OxidicomAttemptedPushCount") == ["12"]
         # the rest arrives in a second association: reopened, counted, complete
         assert orthanc.store("OXI", second)["FailedInstancesCount"] == 0
-        wait_until(lambda: len(_markers(db_uri, uid, "OxidicomAttemptedPushCount")) == 2, 30)
+        wait_until(lambda: len(marker_values(db_uri, uid, "OxidicomAttemptedPushCount")) == 2, 30)
         p = _progress(db_uri, uid)
         assert p is not None and (p["received"], p["expected"], p["state"]) == (30, 30, "complete")
         assert p["end_reason"] == "count"
-        assert sorted(_markers(db_uri, uid, "OxidicomAttemptedPushCount")) == ["12", "18"]
-        assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == ["30", "30"]
+        assert sorted(marker_values(db_uri, uid, "OxidicomAttemptedPushCount")) == ["12", "18"]
+        assert marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances") == ["30", "30"]
         assert _instances(db_uri, uid) == 30
 
 
@@ -188,10 +169,10 @@ def test_unanswered_count_is_unknown_and_never_stalls_registration(
             assert orthanc.store("OXI", [orthanc.series_ids()[uid]])["FailedInstancesCount"] == 0
             wait_until(lambda: _instances(db_uri, uid) == n, 30, what="instance rows")
             if silent is not None:  # every instance registered while the C-FIND still waits
-                assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == []
-            wait_until(lambda: _markers(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
+                assert marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances") == []
+            wait_until(lambda: marker_values(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
             elapsed = time.monotonic() - started
-            assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == ["unknown"]
+            assert marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances") == ["unknown"]
             assert elapsed < 2 + 3 + 5, elapsed  # the configured timeouts bound the wait
             p = _progress(db_uri, uid)
             assert p is not None and (p["received"], p["expected"], p["state"]) == (n, None, "complete")

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
-from harness import IMPLEMENTATIONS, LOOPBACK, dataset_bytes, load_script, peer_env, wait_until
+from harness import IMPLEMENTATIONS, LOOPBACK, dataset_bytes, load_script, marker_values, peer_env, wait_until
 from peers import Orthanc, ServeProcess
 
 pytestmark = pytest.mark.integration
@@ -94,16 +94,6 @@ def test_orthanc_pushes_both_series_concurrently(
     assert rx.proc is not None and rx.proc.returncode == 0
 
 
-def _markers(db: str, uid: str, key: str) -> list[str]:
-    with psycopg.connect(db) as conn:
-        rows = conn.execute(
-            'SELECT "SeriesDescription" FROM pacsfiles_pacsfile WHERE "SeriesInstanceUID" = %s '
-            'AND "ProtocolName" = %s AND fname LIKE %s ORDER BY id',
-            (uid, key, "SERVICES/PACS/org.fnndsc.oxidicom/%"),
-        ).fetchall()
-    return [r[0] for r in rows]
-
-
 def _push_twice_and_check(
     orthanc: Orthanc, rx: ServeProcess, db_uri: str, files_root: Path, corpus: dict[str, Any]
 ) -> None:
@@ -126,9 +116,9 @@ def _push_twice_and_check(
 
     # completion: counts from Orthanc's C-FIND, markers, progress rows
     for uid, n in counts.items():
-        wait_until(lambda uid=uid: _markers(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
-        assert _markers(db_uri, uid, "NumberOfSeriesRelatedInstances") == [str(n)]
-        assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == [str(n)]
+        wait_until(lambda uid=uid: marker_values(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="push count")
+        assert marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances") == [str(n)]
+        assert marker_values(db_uri, uid, "OxidicomAttemptedPushCount") == [str(n)]
         with psycopg.connect(db_uri) as conn:
             progress = conn.execute(
                 'SELECT expected, received, state FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s',

@@ -9,14 +9,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pydicom
 import pytest
-from harness import LOOPBACK, load_script, wait_until
+from harness import LOOPBACK, load_script, marker_values, query, wait_until
 from peers import Orthanc, ServeProcess
-from psycopg.rows import dict_row
 
 pytestmark = pytest.mark.integration
 
@@ -28,23 +25,6 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   SendToModality(instanceId, 'OXI')
 end
 """
-
-
-def _query(db: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(db, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
-def _markers(db: str, uid: str, key: str) -> list[str]:
-    rows = _query(
-        db,
-        'SELECT "SeriesDescription" AS value FROM pacsfiles_pacsfile WHERE "SeriesInstanceUID" = %s '
-        'AND "ProtocolName" = %s AND fname LIKE %s ORDER BY id',
-        uid,
-        key,
-        "SERVICES/PACS/org.fnndsc.oxidicom/%",
-    )
-    return [r["value"] for r in rows]
 
 
 def test_a_series_forwarded_instance_by_instance_ends_once_complete_with_the_real_count(
@@ -81,17 +61,17 @@ def test_a_series_forwarded_instance_by_instance_ends_once_complete_with_the_rea
             reader.join(200)
             assert watch.returncode == 0, watched
             assert f"{SLICES}/{SLICES} complete" in watched["out"], watched["out"]
-            wait_until(lambda: _markers(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="the push count")
-            progress = _query(db_uri, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
+            wait_until(lambda: marker_values(db_uri, uid, "OxidicomAttemptedPushCount"), 30, what="the push count")
+            progress = query(db_uri, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
         ended = [line for line in rx.lines if line.get("msg") == "series ended" and line["SeriesInstanceUID"] == uid]
         asked = [line for line in rx.lines if str(line.get("msg", "")).startswith("NumberOfSeriesRelatedInstances=")]
     (row,) = progress
     assert (row["received"], row["expected"], row["state"], row["end_reason"]) == (SLICES, SLICES, "complete", "count")
     assert 2 <= row["count_queries"] <= 1 + 3, row["count_queries"]  # asked again, within the bound
     assert row["count_asked"] is not None
-    counts = _markers(db_uri, uid, "NumberOfSeriesRelatedInstances")
+    counts = marker_values(db_uri, uid, "NumberOfSeriesRelatedInstances")
     assert counts[-1] == str(SLICES) and int(counts[0]) < SLICES, counts  # the first answer was too small
-    assert _markers(db_uri, uid, "OxidicomAttemptedPushCount") == [str(SLICES)]
+    assert marker_values(db_uri, uid, "OxidicomAttemptedPushCount") == [str(SLICES)]
     assert [(line["state"], line["reason"]) for line in ended] == [("complete", "count")]  # once, at the end
     assert (
         int(asked[0]["msg"].split("=")[1]) < SLICES and asked[-1]["msg"] == f"NumberOfSeriesRelatedInstances={SLICES}"

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
-from harness import LOOPBACK, load_script, peer_env, wait_until
+from harness import LOOPBACK, load_script, peer_env, query, wait_until
 from peers import ServeProcess
 from psycopg.rows import dict_row
 
@@ -39,13 +39,8 @@ def _push(port: int, files: list[Path], calling: str = "SENDER") -> subprocess.P
     )
 
 
-def _query(db: str, sql: str, *params: Any) -> list[dict[str, Any]]:
-    with psycopg.connect(db, row_factory=dict_row) as conn:
-        return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
-
-
 def _markers(db: str) -> list[dict[str, Any]]:
-    return _query(
+    return query(
         db,
         'SELECT f.fname, f."ProtocolName", f."SeriesDescription", f."SeriesInstanceUID", f."PatientID" '
         "FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id "
@@ -76,7 +71,7 @@ def test_markers_and_progress_without_a_pacs_address(tmp_path: Path, db_uri: str
         assert push["fname"].startswith(MARKERS + "SERVICES/PACS/SENDER/")
         assert push["fname"].endswith("/OxidicomAttemptedPushCount=15")
         assert (tmp_path / "files" / push["fname"]).stat().st_size == 0
-    progress = _query(db_uri, "SELECT * FROM oxidicom_series_progress ORDER BY id")
+    progress = query(db_uri, "SELECT * FROM oxidicom_series_progress ORDER BY id")
     assert len(progress) == 2
     for p in progress:
         assert p["pacs_identifier"] == "SENDER"
@@ -160,7 +155,7 @@ def test_quiescence_ends_a_series_and_a_late_instance_reopens_it(tmp_path: Path,
     uid = next(iter(_series_of(files)))
 
     def progress() -> dict[str, Any] | None:
-        rows = _query(db_uri, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
+        rows = query(db_uri, 'SELECT * FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s', uid)
         return rows[0] if rows else None
 
     env = _env(db_uri, tmp_path, OXIDICOM_SERIES_QUIESCENCE="0.5", OXIDICOM_LISTENER_PROCESSES="1")

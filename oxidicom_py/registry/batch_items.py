@@ -1,0 +1,49 @@
+"""What the registrar queues and batches: a submitted row with its future, a batch entry (one
+distinct fname and every submission of it), an attempt's commit state, and the hooks a
+registration transaction runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+
+from oxidicom_py.record import PacsFileRow
+from oxidicom_py.registry.fitting import DbRow
+
+InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
+"""More SQL to run in the transaction that registers a row (must be idempotent: it runs again
+if the row's batch is retried after a COMMIT whose outcome was unknown)."""
+
+OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[Callable[[], None] | None]]
+"""Called in each batch's transaction with the rows that this transaction newly inserted; may
+return an action to run once that transaction has committed (never if it rolled back)."""
+
+
+@dataclass(slots=True)
+class Item:
+    row: PacsFileRow
+    future: asyncio.Future[bool]
+    enqueued: float
+    resolved: bool = False
+    extra: InTransaction | None = None
+    outcome: int = 0  # _INSERTED, _ALREADY or _REJECTED once settled
+
+
+@dataclass(slots=True)
+class Entry:
+    """One distinct fname of a batch and every submission carrying it (first one wins)."""
+
+    values: DbRow
+    items: list[Item] = field(default_factory=list)
+
+
+class Attempt:
+    """Tracks whether COMMIT was sent, to tell an unknown outcome from a sure rollback."""
+
+    __slots__ = ("commit_sent",)
+
+    def __init__(self) -> None:
+        self.commit_sent = False
