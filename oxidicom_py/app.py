@@ -31,7 +31,10 @@ from oxidicom_py.net import tls
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
+from oxidicom_py.processing import queue as job_queue
+from oxidicom_py.processing.companion import CompanionWorker
 from oxidicom_py.processing.reloader import RulesInForce
+from oxidicom_py.processing.trigger import Trigger
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.settings import Settings
@@ -63,6 +66,7 @@ async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool:
         logger=logging.getLogger("oxidicom_py.registry"),
         on_inserted=progress.count_inserted,
         on_begin=progress.lock_series,
+        before_commit=progress.before_commit,
     )
     await registrar.start()
     return registrar
@@ -83,6 +87,8 @@ class Worker:
     sampler: asyncio.Task[None]
     rules: RulesInForce | None = None
     """The processing rules in force (``OXIDICOM_RULES``), read again when the file changes."""
+    trigger: Trigger | None = None
+    """Defers the rules' jobs in the transactions that end series."""
 
 
 async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, share: WorkerShare) -> Worker:
@@ -140,10 +146,25 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
     rules = RulesInForce(settings.rules) if settings.rules is not None else None
+    trigger = None
     if rules is not None:
         rules.start()
+        trigger = Trigger(rules, job_queue.make_app(), settings.files_root)
+        progress.on_end_in_transaction(trigger)
     return Worker(
-        listener, ingest, pipeline, registrar, pool, executor, address, tracker, cfind_executor, sweeper, sampler, rules
+        listener,
+        ingest,
+        pipeline,
+        registrar,
+        pool,
+        executor,
+        address,
+        tracker,
+        cfind_executor,
+        sweeper,
+        sampler,
+        rules,
+        trigger,
     )
 
 
@@ -173,6 +194,8 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
     worker.sampler.cancel()
     if worker.rules is not None:
         await worker.rules.stop()
+    if worker.trigger is not None:
+        progress.remove_end_hook(worker.trigger)
     metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
     try:
         await asyncio.wait_for(worker.pipeline.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)
@@ -265,7 +288,12 @@ async def serve_single(settings: Settings) -> int:
             )
 
         share = WorkerShare(settings.db_pool, settings.max_associations)
-        clean = await run_worker(settings, prepared.db_uri, sock, share, on_ready=ready, reconcile=True)
+        companion = start_companion(settings, prepared.db_uri)
+        try:
+            clean = await run_worker(settings, prepared.db_uri, sock, share, on_ready=ready, reconcile=True)
+        finally:
+            if companion is not None:
+                await companion.stop()
         serving[0] = 0
     finally:
         if telemetry is not None:
@@ -273,6 +301,15 @@ async def serve_single(settings: Settings) -> int:
         await asyncio.to_thread(prepared.stop)
     log.info("stopped", extra={"clean": clean})
     return 0 if clean else 1
+
+
+def start_companion(settings: Settings, db_uri: str) -> CompanionWorker | None:
+    """The processing worker beside the receivers, if ``OXIDICOM_PROCESS_IN_SERVE`` wants one."""
+    if not settings.process_in_serve:
+        return None
+    companion = CompanionWorker(db_uri, settings.process_grace)
+    companion.start()
+    return companion
 
 
 class PoolTarget:
@@ -286,6 +323,7 @@ class PoolTarget:
         self._pool: AsyncConnectionPool | None = None
         self._registrar: Registrar | None = None
         self._reconciler: Reconciler | None = None
+        self._companion: CompanionWorker | None = None
 
     def argv(self, index: int, listen_fd: int, ready_fd: int, slots_fd: int) -> list[str]:
         return [
@@ -314,6 +352,7 @@ class PoolTarget:
         await self._pool.open(wait=True, timeout=runtime.DB_CONNECT_TIMEOUT)
         self._registrar = await make_registrar(self.settings, self._pool, runtime.SUPERVISOR_DB_POOL)
         self._reconciler = Reconciler(self.settings.files_root.resolve(), self._pool, self._registrar)
+        self._companion = start_companion(self.settings, db_uri)
 
     def workers_ready(self) -> None:
         assert self._reconciler is not None
@@ -328,6 +367,8 @@ class PoolTarget:
         return removed
 
     async def close(self) -> None:
+        if self._companion is not None:
+            await self._companion.stop()
         if self._reconciler is not None:
             await self._reconciler.close()
         if self._registrar is not None:

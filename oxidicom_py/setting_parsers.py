@@ -155,3 +155,12 @@ def parse_pacs_address(name: str, raw: str) -> dict[str, tuple[str, int]]:
         out[aet] = host_port(name, aet, m.group(2) if m.group(2) is not None else m.group(3))
         pos = m.end()
     return out
+
+
+def queue_list(name: str, raw: str) -> tuple[str, ...] | None:
+    """Comma-separated queue names (letters, digits, ``_.-``); empty: every queue."""
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for queue in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", queue):
+            raise SettingsError(f"{name}: {queue!r} is not a queue name (letters, digits, '_', '.', '-')")
+    return names or None

@@ -201,3 +201,66 @@ class ServeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ProcessWorker:
+    """``python -m oxidicom_py process``: a real processing worker process, with its log lines."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
+        self.env = {**os.environ, **env}
+        self.cwd = cwd
+        self.args = args
+        self.lines: list[dict[str, Any]] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> ProcessWorker:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oxidicom_py", "process", *self.args],
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        try:
+            wait_until(self._ready, 60, what="'processing worker ready'")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                self.lines.append({"msg": line.rstrip(), "level": "raw"})
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"process exited with {self.proc.returncode}: {self.lines[-5:]}")
+        return any(line.get("msg") == "processing worker ready" for line in self.lines)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(10)
+        return int(self.proc.returncode)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

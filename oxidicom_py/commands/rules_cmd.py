@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pydicom
 
 from oxidicom_py import settings as settings_mod
 from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.processing import rules
+from oxidicom_py.processing.facts import header_facts
 from oxidicom_py.registry.schema import PACS_TABLE, PACSFILE_TABLE
 
 _SERIES = f"""
@@ -53,15 +53,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def facts_of(path: Path, pacs: str) -> dict[str, Any]:
     """The tags a rule may name, as the series' first stored instance has them."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    facts: dict[str, Any] = {"calling_ae": pacs}
-    for element in ds:
-        if element.keyword and element.VR not in ("SQ", "OB", "OW", "UN"):
-            value = element.value
-            facts[element.keyword] = (
-                [str(v) for v in value] if isinstance(value, list | pydicom.multival.MultiValue) else str(value)
-            )
-    return facts
+    return {**header_facts(path), "calling_ae": pacs}
 
 
 def cmd_test(args: argparse.Namespace) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 END_REASONS = ("released", "aborted", "quiescence", "count")
 """Why a series ended: its last open association was released or aborted, it went quiet for
@@ -24,3 +28,7 @@ class SeriesEnded:
 
 
 OnSeriesEnded = Callable[[SeriesEnded], None]
+
+OnEndInTransaction = Callable[["psycopg.AsyncConnection", Sequence[SeriesEnded]], Awaitable[None]]
+"""Runs inside the transaction that ends the series, before it commits (it may run again if
+that transaction is retried, and never counts if it rolls back)."""

@@ -20,8 +20,10 @@ its own transaction inserted. State changes are announced by the table's NOTIFY 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -29,7 +31,7 @@ from typing import Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.completion.events import OnSeriesEnded, SeriesEnded
+from oxidicom_py.completion.events import OnEndInTransaction, OnSeriesEnded, SeriesEnded
 from oxidicom_py.identity import MARKER_PACS
 from oxidicom_py.registry.fitting import DbRow
 from oxidicom_py.registry.schema import PROGRESS_TABLE
@@ -58,9 +60,10 @@ when its last open association ends, or by quiescence. Reaching ``expected`` mid
 end it: a PACS that is still receiving the series answers a count that grows (CUSTOM_SPEC.md)."""
 
 _ASSOCIATION_STARTED: Final = f"""
-INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations)
-VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, ARRAY[%(ulid)s]::text[])
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations, called_ae)
+VALUES (%(pacs)s, %(series)s, %(study)s, %(patient)s, ARRAY[%(ulid)s]::text[], %(called)s)
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
+    called_ae = EXCLUDED.called_ae,
     open_associations = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.open_associations
                              ELSE array_append(p.open_associations, %(ulid)s) END,
     state = CASE WHEN %(ulid)s = ANY(p.open_associations) THEN p.state ELSE 'receiving' END,
@@ -144,6 +147,39 @@ def series_lock_key(series_uid: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+_in_transaction: weakref.WeakKeyDictionary[psycopg.AsyncConnection, list[SeriesEnded]] = weakref.WeakKeyDictionary()
+"""The series each open registration transaction has ended so far (for :func:`before_commit`)."""
+
+_end_hooks: list[OnEndInTransaction] = []
+
+
+def on_end_in_transaction(hook: OnEndInTransaction) -> None:
+    """Run ``hook`` in every transaction of this process that ends series, just before it
+    commits (processing defers its jobs there: no job without its end, no end without its job)."""
+    _end_hooks.append(hook)
+
+
+def remove_end_hook(hook: OnEndInTransaction) -> None:
+    with contextlib.suppress(ValueError):
+        _end_hooks.remove(hook)
+
+
+def _record(conn: psycopg.AsyncConnection, events: list[SeriesEnded], ended: list[SeriesEnded] | None) -> None:
+    if ended is not None:
+        ended[:] = events
+    if events:
+        _in_transaction.setdefault(conn, []).extend(events)
+
+
+async def before_commit(conn: psycopg.AsyncConnection) -> None:
+    """``before_commit`` hook of the registrar: hand the series this transaction ended to the
+    end hooks, inside it."""
+    events = _in_transaction.pop(conn, None)
+    if events:
+        for hook in list(_end_hooks):
+            await hook(conn, events)
+
+
 async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> None:
     """``on_begin`` hook of the registrar: lock every series a batch touches, in one global order.
 
@@ -154,6 +190,7 @@ async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> N
     transaction-level advisory lock per series, sorted by key, first, serialises exactly the
     batches that could collide, always in the same order.
     """
+    _in_transaction.pop(conn, None)  # a rolled-back attempt on this connection leaves nothing behind
     keys = sorted({series_lock_key(row.SeriesInstanceUID) for row in rows})
     if keys:
         await conn.execute(_LOCK_SERIES, (keys,))
@@ -197,9 +234,11 @@ def _key(pacs: str, series: str, study: str, patient: str) -> dict[str, object]:
 
 
 async def association_started(
-    conn: psycopg.AsyncConnection, *, pacs: str, series: str, study: str, patient: str, ulid: str
+    conn: psycopg.AsyncConnection, *, pacs: str, series: str, study: str, patient: str, ulid: str, called: str = ""
 ) -> None:
-    await conn.execute(_ASSOCIATION_STARTED, {**_key(pacs, series, study, patient), "ulid": ulid})
+    await conn.execute(
+        _ASSOCIATION_STARTED, {**_key(pacs, series, study, patient), "ulid": ulid, "called": called or None}
+    )
 
 
 async def set_expected(
@@ -215,8 +254,7 @@ async def set_expected(
     """``ended`` receives the series if the count ends it (read it after the commit: the
     transaction may run again on a retry)."""
     cursor = await conn.execute(_SET_EXPECTED, {**_key(pacs, series, study, patient), "expected": expected})
-    if ended is not None:
-        ended[:] = _ended(await cursor.fetchall())
+    _record(conn, _ended(await cursor.fetchall()), ended)
 
 
 async def association_ended(
@@ -233,15 +271,19 @@ async def association_ended(
     cursor = await conn.execute(
         _ASSOCIATION_ENDED, {"pacs": pacs, "series": series, "ulid": ulid, "released": released}
     )
-    if ended is not None:
-        ended[:] = _ended(await cursor.fetchall())
+    _record(conn, _ended(await cursor.fetchall()), ended)
 
 
 async def quiescence_sweep(conn: psycopg.AsyncConnection, quiet_seconds: float) -> list[SeriesEnded]:
-    """End series that received nothing for ``quiet_seconds``; the series ended (to announce
-    after the commit: the caller's connection autocommits)."""
-    cursor = await conn.execute(_QUIESCENCE_SWEEP, (quiet_seconds,))
-    return _ended(await cursor.fetchall())
+    """End series that received nothing for ``quiet_seconds``, in one transaction with the end
+    hooks; the series ended (to announce after the commit)."""
+    async with conn.transaction():
+        cursor = await conn.execute(_QUIESCENCE_SWEEP, (quiet_seconds,))
+        ended = _ended(await cursor.fetchall())
+        if ended:
+            for hook in list(_end_hooks):
+                await hook(conn, ended)
+    return ended
 
 
 async def sweep_quiet_series(pool: AsyncConnectionPool, quiet_seconds: float) -> None:

@@ -186,6 +186,7 @@ class AssociationSeries:
             study=s.study_uid,
             patient=s.patient_id,
             ulid=self.info.ulid,
+            called=self.info.called_ae,
         )
 
     def registered(self, row: PacsFileRow, future: asyncio.Future[bool]) -> None:

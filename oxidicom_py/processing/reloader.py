@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from oxidicom_py.processing import rules
+from oxidicom_py.registry.jobs_schema import JOB_STATES
 from oxidicom_py.telemetry import metrics
 
 log = logging.getLogger("oxidicom_py.processing")
@@ -54,6 +55,11 @@ class RulesInForce:
             )
             return False
         self.current = loaded
+        for rule in loaded.rules:  # every rule's series exist from the start: zero, not absent
+            metrics.JOB_SECONDS.labels(rule.name)
+            metrics.JOBS_LATE.labels(rule.name)
+            for state in JOB_STATES:
+                metrics.JOBS.labels(rule.name, state)
         log.info(
             "rules in force",
             extra={

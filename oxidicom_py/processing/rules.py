@@ -27,6 +27,8 @@ import yaml
 
 DEFAULT_SETTLE = 10.0
 DEFAULT_RETRIES = 2
+DEFAULT_BACKOFF = 30.0
+DEFAULT_TIMEOUT = 3600.0
 SENDER = "sender"
 """The destination that means: back to the AE title the series came from."""
 
@@ -87,6 +89,19 @@ class Rule:
     on_incomplete: str
     on_late: str
     line: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def retries(self) -> int:
+        return int((self.run or {}).get("retries", DEFAULT_RETRIES))
+
+    @property
+    def backoff(self) -> float:
+        return float((self.run or {}).get("backoff", DEFAULT_BACKOFF))
+
+    @property
+    def timeout(self) -> float:
+        return float((self.run or {}).get("timeout", DEFAULT_TIMEOUT))
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,7 @@ def parse(text: str, source: str = "<rules>") -> Rules:
                 on_incomplete=raw.get("on_incomplete", "skip"),
                 on_late=raw.get("on_late", "log"),
                 line=line,
+                settings=raw.get("settings", {}),
             )
         )
     return Rules(tuple(rules), destinations, source)

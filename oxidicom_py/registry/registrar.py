@@ -74,9 +74,11 @@ class Registrar:
         backoff_max: float = 5.0,
         on_inserted: OnInserted | None = None,
         on_begin: Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[None]] | None = None,
+        before_commit: InTransaction | None = None,
     ) -> None:
         """``on_begin``: called first in each batch's transaction with all its rows (e.g. to take
-        locks in one global order); ``on_inserted``: after the insert, with the new rows."""
+        locks in one global order); ``on_inserted``: after the insert, with the new rows;
+        ``before_commit``: last, after every row's extra SQL."""
         if batch_size < 1 or max_concurrent_batches < 1 or linger < 0:
             raise ValueError("batch_size and max_concurrent_batches must be >= 1, linger >= 0")
         self._pool = pool
@@ -88,6 +90,7 @@ class Registrar:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._on_inserted = on_inserted
+        self._before_commit = before_commit
         self._on_begin = on_begin
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -373,6 +376,8 @@ class Registrar:
             if in_doubt and len(inserted) < len(rows):
                 others = [row.fname for row in rows if row.fname not in inserted]
                 inserted |= await batch_sql.inserted_by_attempts(conn, others, in_doubt)
+            if self._before_commit is not None:
+                await self._before_commit(conn)
             state.commit_sent = True
         self._pacs_ids.update(new_ids)  # only ids of committed rows are cached
         if after is not None:

@@ -16,6 +16,7 @@ from typing import Final
 import psycopg
 
 from oxidicom_py.record import COLUMN_LIMITS
+from oxidicom_py.registry.jobs_schema import PROCRASTINATE_PRESENT, jobs_ddl, procrastinate_schema
 
 ADVISORY_LOCK_KEY: Final = 0x6F786964_69636F6D  # b"oxidicom" as a signed 64-bit key
 """Key of the ``pg_advisory_xact_lock`` taken while the schema is checked/created."""
@@ -108,6 +109,7 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
         CHECK (state IN ({", ".join(f"'{s}'" for s in SERIES_STATES)})),
     open_associations text[] NOT NULL DEFAULT '{{}}',
     updated timestamp with time zone NOT NULL DEFAULT now(),
+    called_ae varchar(16) NULL,
     end_reason varchar(10) NULL CHECK (end_reason IN ({", ".join(f"'{r}'" for r in END_REASONS)})),
     count_queries integer NOT NULL DEFAULT 0,
     count_asked timestamp with time zone NULL,
@@ -126,6 +128,11 @@ ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS count_queries integer NOT 
     ADD COLUMN IF NOT EXISTS count_asked timestamp with time zone NULL
 """
 """For a progress table made before the C-FIND re-queries were recorded."""
+
+_PROGRESS_CALLED_AE_DDL: Final = f"""
+ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS called_ae varchar(16) NULL
+"""
+"""The AE title the series was sent to (for rules' ``called_ae``), for an older progress table."""
 
 _PROGRESS_NOTIFY_DDL: Final = f"""
 CREATE OR REPLACE FUNCTION oxidicom_series_progress_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -166,9 +173,15 @@ def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
     statements = [_PACS_DDL.strip(), _PACSFILE_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in INDEXES.items()]
-    statements += [_PROGRESS_DDL.strip(), _PROGRESS_END_REASON_DDL.strip(), _PROGRESS_COUNT_QUERIES_DDL.strip()]
+    statements += [
+        _PROGRESS_DDL.strip(),
+        _PROGRESS_END_REASON_DDL.strip(),
+        _PROGRESS_COUNT_QUERIES_DDL.strip(),
+        _PROGRESS_CALLED_AE_DDL.strip(),
+    ]
     statements += [_PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
+    statements += jobs_ddl()
     return statements
 
 
@@ -185,6 +198,9 @@ async def ensure_schema(conn: psycopg.AsyncConnection) -> None:
         await conn.execute(_LOCK_SQL, (ADVISORY_LOCK_KEY,))
         for statement in ddl_statements():
             await conn.execute(statement)
+        present = await (await conn.execute(PROCRASTINATE_PRESENT)).fetchone()
+        if not (present and present[0]):
+            await conn.execute(procrastinate_schema())  # type: ignore[arg-type]
 
 
 def ensure_schema_sync(conn: psycopg.Connection) -> None:
@@ -193,3 +209,6 @@ def ensure_schema_sync(conn: psycopg.Connection) -> None:
         conn.execute(_LOCK_SQL, (ADVISORY_LOCK_KEY,))
         for statement in ddl_statements():
             conn.execute(statement)
+        present = conn.execute(PROCRASTINATE_PRESENT).fetchone()
+        if not (present and present[0]):
+            conn.execute(procrastinate_schema())  # type: ignore[arg-type]

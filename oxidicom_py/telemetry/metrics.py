@@ -85,6 +85,27 @@ SERIES_ENDED = Counter(
 WORKERS_ALIVE = Gauge("oxidicom_workers_alive", "Listener processes running.", multiprocess_mode="max")
 WORKER_RESTARTS = Counter("oxidicom_worker_restarts", "Listener processes that died and were replaced.")
 
+JOBS = Counter(
+    "oxidicom_jobs",
+    "Processing jobs reaching a state (queued when created, then running, succeeded, failed, cancelled), by rule.",
+    ["rule", "state"],
+)
+JOB_SECONDS = Histogram(
+    "oxidicom_job_seconds", "Duration of module runs (one per attempt), by rule.", ["rule"], buckets=_DURATION_BUCKETS
+)
+JOBS_QUEUED = Gauge(
+    "oxidicom_jobs_queued",
+    "Jobs waiting to run (queued, including retries), sampled by processing workers.",
+    multiprocess_mode="max",
+)
+JOBS_LATE = Counter(
+    "oxidicom_jobs_late", "Series or studies that received more after their job ran (on_late: log).", ["rule"]
+)
+JOBS_TRIGGER_ERRORS = Counter(
+    "oxidicom_jobs_trigger_errors",
+    "Series ends whose rules could not be evaluated or whose job could not be deferred (logged; the end stands).",
+)
+
 NAMES: Final = (
     "oxidicom_instances_received",
     "oxidicom_instances_stored",
@@ -104,6 +125,11 @@ NAMES: Final = (
     "oxidicom_workers_alive",
     "oxidicom_worker_restarts",
     "oxidicom_rules_reload_errors",
+    "oxidicom_jobs",
+    "oxidicom_job_seconds",
+    "oxidicom_jobs_queued",
+    "oxidicom_jobs_late",
+    "oxidicom_jobs_trigger_errors",
 )
 
 _ae_labels: set[str] = set()

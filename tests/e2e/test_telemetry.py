@@ -122,7 +122,12 @@ def test_metrics_and_traces_match_a_known_push(tmp_path: Path, db_uri: str, otlp
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "oxidicom-under-test",
+        "OXIDICOM_RULES": str(tmp_path / "rules.yaml"),  # a rule that matches nothing: its job series at zero
+        "OXIDICOM_PROCESS_IN_SERVE": "false",
     }
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: none\n    when: {Modality: XX}\n    run: {command: ['true']}\n"
+    )
     with ServeProcess(env, tmp_path) as rx:
         assert _push(rx.port, "PACSA", series_a) == [0] * 10
         # let that association end its series before the re-send opens it again
@@ -161,6 +166,10 @@ def test_metrics_and_traces_match_a_known_push(tmp_path: Path, db_uri: str, otlp
             ("oxidicom_workers_alive", ()): 2,
             ("oxidicom_worker_restarts_total", ()): 0,
             ("oxidicom_registration_queue_depth", ()): 0,
+            ("oxidicom_jobs_total", (("rule", "none"), ("state", "queued"))): 0,
+            ("oxidicom_jobs_late_total", (("rule", "none"),)): 0,
+            ("oxidicom_job_seconds_count", (("rule", "none"),)): 0,
+            ("oxidicom_jobs_trigger_errors_total", ()): 0,
         }
 
         def observed() -> dict[tuple[str, tuple[tuple[str, str], ...]], float | None]:

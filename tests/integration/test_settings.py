@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from oxidicom_py import settings
-from oxidicom_py.settings import SettingsError, load, parse_pacs_address
+from oxidicom_py.setting_parsers import parse_pacs_address
+from oxidicom_py.settings import SettingsError, load
 
 
 def test_defaults_without_any_variable() -> None:
