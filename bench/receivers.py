@@ -84,6 +84,9 @@ class ReceiverDef:
     # oxidicom only: "both" = /metrics (scraped by the bench) and OTLP traces to the bench's sink;
     # "metrics" or "traces" = one of them (to tell their costs apart); "" = neither
     telemetry: str = ""
+    # oxidicom only: with a rules file whose one rule matches every series (OXIDICOM_RULES=bench/rules-ab.yaml,
+    # no worker): what the trigger costs on the receive path (a job is deferred in each series' end)
+    rules: bool = False
     # storescp only: its options (default: the bench's historical baseline, "+xa -pdu 131072")
     options: tuple[str, ...] = ("+xa", "-pdu", "131072")
 
@@ -129,6 +132,9 @@ def receiver_defs(oxidicom_processes: list[int | None]) -> list[ReceiverDef]:
                     telemetry=mode,
                 )
                 for suffix, what, mode in TELEMETRY_VARIANTS
+            ),
+            ReceiverDef(
+                f"oxidicom{tag}-tmpfs-rules", "oxidicom", "tmpfs", f"{label} +rules", "ChRIS", True, p, rules=True
             ),
             ReceiverDef(f"oxidicom{tag}-disk", "oxidicom", "disk", label, "ChRIS", True, p),
             ReceiverDef(f"oxidicom{tag}-disk-nofsync", "oxidicom", "disk", label, "ChRIS", False, p),
@@ -241,6 +247,14 @@ class Running:
                 (SENDER_AET,),
             ).fetchall()
         return {str(k): int(v) for k, v in rows}
+
+    def count_jobs(self) -> int:
+        """oxidicom_py with rules: the jobs its series ends deferred (the A/B is void without them)."""
+        import psycopg
+
+        with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM oxidicom_jobs").fetchone()
+        return int(row[0]) if row else 0
 
     def orthanc_get(self, path: str) -> dict[str, Any]:
         with _NO_PROXY.open(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
@@ -366,6 +380,8 @@ def start(
                 # exports inside the measurement (as a long-running receiver does continuously)
                 OTEL_BSP_SCHEDULE_DELAY=str(OTEL_EXPORT_EVERY_MS),
             )
+        if rdef.rules:
+            env.update(OXIDICOM_RULES=str(Path(__file__).with_name("rules-ab.yaml")), OXIDICOM_PROCESS_IN_SERVE="false")
         env.update(extra_env or {})
         if oxidicom_src is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(oxidicom_src), env.get("PYTHONPATH")]))

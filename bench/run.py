@@ -372,6 +372,10 @@ def run_one(
         record["received"] = counts
         if rdef.is_oxidicom:
             record["other_rows"] = running.count_other_rows()
+            if rdef.rules:
+                record["jobs"] = running.count_jobs()
+                if not record["jobs"]:
+                    problems.append("rules on, but no series end deferred a job")
         for what, got in counts.items():
             if got != n:
                 problems.append(f"{what}: {got}/{n} ({n - got:+d} lost)" if got < n else f"{what}: {got}/{n}")

@@ -41,7 +41,7 @@ log = logging.getLogger("oxidicom_py.processing")
 
 _STORED: Final = f"""
 SELECT f.fname FROM {PACSFILE_TABLE} f JOIN {PACS_TABLE} k ON k.id = f.pacs_id
-WHERE f."SeriesInstanceUID" = ANY(%s) AND k.identifier <> %s
+WHERE f."SeriesInstanceUID" = ANY(%s) AND k.identifier <> %s AND (%s::text IS NULL OR k.identifier = %s)
 ORDER BY f."SeriesInstanceUID", f.fname
 """
 
@@ -198,7 +198,10 @@ class Attempt:
     ) -> tuple[RunResult, list[workspace.Output], Any]:
         folder = workspace.folder_of(self.c.jobs_root, job.id)
         async with self.c.pool.connection() as conn:
-            cursor = await conn.execute(_STORED, (job.series_uids, MARKER_PACS))
+            # a series-level job takes what the sender whose end fired it sent; a study-level one, all
+            cursor = await conn.execute(
+                _STORED, (job.series_uids, MARKER_PACS, job.pacs_identifier, job.pacs_identifier)
+            )
             stored = [row[0] for row in await cursor.fetchall()]
         started = time.monotonic()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -274,3 +275,37 @@ def test_an_invalid_rules_file_on_hot_reload_keeps_the_old_rules(node: Node) -> 
         node.push(series(node.tmp, seed=2))
         node.wait_jobs(2)
     assert [j["rule"] for j in node.jobs()] == ["copy", "renamed"]
+
+
+def _jobs_cli(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oxidicom_py", "jobs", *args],
+        env={**os.environ, **node.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("node", [{"rules": [rule("slow", "hang-first", run={"retries": 0})]}], indirect=True)
+def test_jobs_cancel_stops_a_running_module_and_retry_runs_it_again(node: Node) -> None:
+    with node.worker():
+        node.push(series(node.tmp))
+        wait_until(lambda: node.jobs(state="running"), 30, what="the job running")
+        (job,) = node.jobs()
+        wait_until(lambda: (Path(job["folder"]) / "pids").exists(), 30, what="the module started")
+        pids = [int(p) for p in (Path(job["folder"]) / "pids").read_text().split()]
+        cancelled = _jobs_cli(node, "cancel", str(job["id"]))
+        assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+        wait_until(lambda: not _alive(pids[0]), 15, what="the module stopped")
+        assert node.jobs()[0]["state"] == "cancelled"
+        again = _jobs_cli(node, "cancel", str(job["id"]))
+        assert again.returncode == 1 and "nothing to cancel" in again.stderr
+        retried = _jobs_cli(node, "retry", str(job["id"]))
+        assert retried.returncode == 0, retried.stderr
+        (done,) = node.wait_jobs(1)
+    assert done["id"] == job["id"] and done["attempts"] == 2 and done["result"]["attempt"] == 2
+    listed = _jobs_cli(node, "list", "--state", "succeeded")
+    assert listed.returncode == 0 and f"{job['id']:>6}  succeeded  slow" in listed.stdout, listed.stdout
+    missing = _jobs_cli(node, "show", "999999")
+    assert missing.returncode == 1 and "no job 999999" in missing.stderr
