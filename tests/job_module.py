@@ -7,7 +7,8 @@ Modes:
 * ``hang``: start a child that sleeps, write both pids to ``pids`` in the job folder, sleep;
 * ``hang-first``: ``hang`` on attempt 1, ``copy`` after;
 * ``same-uids``: copy an input unchanged (the node must reject it);
-* ``not-dicom``: write a text file (the node must reject it).
+* ``not-dicom``: write a text file (the node must reject it);
+* ``sleep S``: write ``pids``, sleep S seconds, then ``copy``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def main() -> int:
         mode = "copy"
     if mode == "hang":
         _hang(folder)
+    if mode == "sleep":
+        (folder / "pids").write_text(str(os.getpid()))
+        time.sleep(float(sys.argv[2]))
+        mode = "copy"
     if mode == "copy":
         _copy(task, out)
     elif mode == "same-uids":

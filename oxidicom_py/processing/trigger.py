@@ -146,7 +146,7 @@ class Trigger:
         delay: float,
     ) -> None:
         series_uids = sorted(set(roles.values()))
-        fields = {"rule": rule.name, "level": rule.level, "key": key, "StudyInstanceUID": study_uid}
+        fields = {"rule": rule.name, "rule_level": rule.level, "key": key, "StudyInstanceUID": study_uid}
         previous = await job_store.latest(conn, rule.name, key)
         if previous is not None and previous.state == "queued" and previous.attempts == 0:
             pj = previous.procrastinate_job_id

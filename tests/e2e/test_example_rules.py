@@ -17,14 +17,17 @@ from peers import ServeProcess
 pytestmark = pytest.mark.integration
 
 
-def test_the_example_rules_process_a_pushed_series_with_no_other_command(tmp_path: Path, db_uri: str) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])  # one process, and a supervisor with its workers
+def test_the_example_rules_process_a_pushed_series_with_no_other_command(
+    tmp_path: Path, db_uri: str, processes: str
+) -> None:
     files = load_script("synthetic").generate(tmp_path / "src", slices=12, rows=32, cols=32, seed=31)
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     env = {
         "OXIDICOM_DB_CONNECTION": db_uri,
         "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
         "OXIDICOM_SCP_AET": "OXITEST",
-        "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_LISTENER_PROCESSES": processes,
         "OXIDICOM_RULES": str(PROJECT / "examples" / "rules.yaml"),
         "PATH": "/usr/bin:/bin",  # the module command is found beside the worker's Python, not on PATH
     }

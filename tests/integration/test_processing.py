@@ -309,3 +309,80 @@ def test_jobs_cancel_stops_a_running_module_and_retry_runs_it_again(node: Node) 
     assert listed.returncode == 0 and f"{job['id']:>6}  succeeded  slow" in listed.stdout, listed.stdout
     missing = _jobs_cli(node, "show", "999999")
     assert missing.returncode == 1 and "no job 999999" in missing.stderr
+
+
+@pytest.mark.parametrize("node", [{"rules": [rule("bad", "not-dicom", run={"retries": 0})]}], indirect=True)
+def test_an_output_that_is_not_dicom_fails_the_job(node: Node) -> None:
+    with node.worker():
+        node.push(series(node.tmp))
+        (job,) = node.wait_jobs(1, state="failed")
+    assert job["reason"] == "outputs rejected" and job["last_error"].startswith(
+        "outputs rejected: notes.txt: not a DICOM file"
+    )
+
+
+@pytest.mark.parametrize(
+    "node", [{"rules": [rule("quiet", "copy"), rule("again", "copy", on_late="rerun")]}], indirect=True
+)
+def test_instances_arriving_after_the_job_ran_rerun_only_where_the_rule_says_so(node: Node) -> None:
+    files = series(node.tmp, slices=6)
+    with node.worker():
+        node.push(files[:4])
+        node.wait_jobs(2)
+        node.push(files[4:])  # the series reopens and ends again, after both jobs ran
+        node.wait_jobs(3)
+        wait_until(
+            lambda: any(
+                line.get("msg", "").startswith("more instances arrived after the job ran") for line in node.rx.lines
+            ),
+            10,
+            what="the late-arrival warning",
+        )
+    by_rule = [(j["rule"], j["result"]["inputs"][_uid(files)]) for j in node.jobs()]
+    assert sorted(by_rule) == [("again", 4), ("again", 6), ("quiet", 4)]
+    (late,) = [line for line in node.rx.lines if line.get("msg", "").startswith("more instances arrived")]
+    assert late["rule"] == "quiet" and late["level"] == "warning"
+
+
+@pytest.mark.parametrize(
+    "node",
+    [{"rules": [rule("on-a", "copy", run={"queue": "a"}), rule("on-b", "copy", run={"queue": "b"})]}],
+    indirect=True,
+)
+def test_a_worker_takes_only_the_queues_it_is_given(node: Node) -> None:
+    with node.worker("--queues", "a", "--concurrency", "2"):
+        node.push(series(node.tmp))
+        (done,) = node.wait_jobs(1)
+        wait_until(lambda: len(node.jobs()) == 2, 10, what="both jobs created")
+    assert done["rule"] == "on-a"
+    assert [j["state"] for j in node.jobs(rule="on-b")] == ["queued"]
+    with node.worker("--queues", "b"):
+        node.wait_jobs(2)
+
+
+@pytest.mark.parametrize("node", [{"rules": [rule("short", "sleep", "1.5")]}], indirect=True)
+def test_sigterm_lets_a_running_job_finish_within_the_grace_period(node: Node) -> None:
+    worker = node.worker(OXIDICOM_PROCESS_GRACE="20")
+    with worker:
+        node.push(series(node.tmp))
+        wait_until(lambda: node.jobs(state="running"), 30, what="the job running")
+        assert worker.stop() == 0
+    (job,) = node.jobs()
+    assert job["state"] == "succeeded" and job["attempts"] == 1
+
+
+@pytest.mark.parametrize("node", [{"rules": [rule("long", "sleep", "600")]}], indirect=True)
+def test_sigterm_returns_a_job_still_running_after_the_grace_period_to_the_queue(node: Node) -> None:
+    worker = node.worker(OXIDICOM_PROCESS_GRACE="1")
+    with worker:
+        node.push(series(node.tmp))
+        wait_until(lambda: node.jobs(state="running"), 30, what="the job running")
+        (job,) = node.jobs()
+        wait_until(lambda: (Path(job["folder"]) / "pids").exists(), 30, what="the module started")
+        pid = int((Path(job["folder"]) / "pids").read_text())
+        worker.stop()
+    assert not _alive(pid)
+    (job,) = node.jobs()
+    assert job["state"] == "queued" and job["reason"] == "returned" and job["attempts"] == 0, job
+    pj = query(node.db_uri, "SELECT status FROM procrastinate_jobs WHERE id = %s", job["procrastinate_job_id"])
+    assert pj == [{"status": "todo"}]

@@ -125,3 +125,23 @@ def test_the_declared_metric_list_is_what_the_code_defines() -> None:
     defined = {m.name: m.type for m in REGISTRY.collect() if m.name.startswith("oxidicom_")}
     assert listed == defined
     assert set(metrics.NAMES) == set(defined)
+
+
+def test_an_extra_field_never_hides_the_log_level_or_message() -> None:
+    import io
+    import json
+    import logging
+
+    from oxidicom_py.telemetry import logs
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("oxidicom_py.test.extra")
+    logger.addHandler(handler)
+    try:
+        logger.warning("said", extra={"level": "series", "msg2": 1})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["level"] == "warning" and line["msg"] == "said" and line["extra_level"] == "series"
