@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import procrastinate
 import psycopg
+import pydicom
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.identity import MARKER_PACS
-from oxidicom_py.processing import job_store, workspace
+from oxidicom_py.processing import job_store, routing, workspace
 from oxidicom_py.processing.facts import SeriesFacts, series_facts, study_facts
 from oxidicom_py.processing.queue import AttemptFailed, ReturnedToQueue
 from oxidicom_py.processing.rules import DEFAULT_BACKOFF, DEFAULT_TIMEOUT
@@ -40,13 +42,13 @@ from oxidicom_py.telemetry import metrics, tracing
 log = logging.getLogger("oxidicom_py.processing")
 
 _STORED: Final = f"""
-SELECT f.fname FROM {PACSFILE_TABLE} f JOIN {PACS_TABLE} k ON k.id = f.pacs_id
+SELECT f.fname, k.identifier FROM {PACSFILE_TABLE} f JOIN {PACS_TABLE} k ON k.id = f.pacs_id
 WHERE f."SeriesInstanceUID" = ANY(%s) AND k.identifier <> %s AND (%s::text IS NULL OR k.identifier = %s)
 ORDER BY f."SeriesInstanceUID", f.fname
 """
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
     """What every attempt of a worker needs."""
 
@@ -57,6 +59,8 @@ class Context:
     pacs_address: Mapping[str, tuple[str, int]]
     env: Mapping[str, str]
     """Extra environment for modules (e.g. OXIDICOM_CONTAINER_RUNTIME)."""
+    app: procrastinate.App | None = None
+    """The queue, to defer deliveries on (set once the worker's app exists)."""
 
 
 def backoff_delay(job: job_store.JobRow) -> float:
@@ -97,6 +101,11 @@ class Attempt:
             },
         )
         log.info("job started", extra=self._fields(job))
+        if not job.run:  # a forward: the series itself goes to the destinations
+            await self._forward(job)
+            if span is not None:
+                span.end()
+            return
         try:
             result, outputs, parsed = await self._execute(job, every)
         except asyncio.CancelledError:
@@ -245,6 +254,15 @@ class Attempt:
                 await job_store.record_outputs(
                     conn, job.id, [(o.sop_instance_uid, o.series_uid, o.study_uid) for o in outputs]
                 )
+                if job.send_to and self.c.app is not None:
+                    folder = workspace.folder_of(self.c.jobs_root, job.id) / "output"
+                    files = [
+                        routing.Deliverable(o.sop_instance_uid, o.sop_class_uid, str(folder / o.path), None)
+                        for o in outputs
+                    ]
+                    await routing.plan(
+                        conn, self.c.app, job.id, job.send_to, files, self._sender(job), self.c.pacs_address
+                    )
                 await job_store.finish(
                     conn,
                     job,
@@ -292,6 +310,27 @@ class Attempt:
                 log.error("job failed: no attempt left", extra=self._fields(job, error=result.error))
         raise AttemptFailed(result.error, delay)
 
+    def _sender(self, job: job_store.JobRow) -> str | None:
+        return job.pacs_identifier
+
+    async def _forward(self, job: job_store.JobRow) -> None:
+        """A rule with ``send_to`` and no ``run``: deliver the stored series unchanged."""
+        async with self.c.pool.connection() as conn:
+            cursor = await conn.execute(
+                _STORED, (job.series_uids, MARKER_PACS, job.pacs_identifier, job.pacs_identifier)
+            )
+            stored = [(row[0], row[1]) for row in await cursor.fetchall()]
+        files = await asyncio.to_thread(_deliverables, self.c.files_root, stored)
+        async with self.c.pool.connection() as conn, conn.transaction():
+            made = 0
+            if self.c.app is not None:
+                made = await routing.plan(
+                    conn, self.c.app, job.id, job.send_to, files, self._sender(job), self.c.pacs_address
+                )
+            await job_store.finish(conn, job, state="succeeded", exit_code=0, duration=0.0, outputs=[])
+        metrics.JOBS.labels(job.rule, "succeeded").inc()
+        log.info("series forwarded (deliveries queued)", extra=self._fields(job, deliveries=made))
+
     async def _interrupted(self, job: job_store.JobRow) -> bool:
         """The attempt was cancelled: by ``jobs cancel`` (the row says cancelled already), or by
         the worker's shutdown (back to the queue, the attempt not counted)."""
@@ -311,6 +350,16 @@ class Attempt:
             )
         log.warning("job returned to the queue: the worker stopped", extra=self._fields(job))
         return True
+
+
+def _deliverables(files_root: Path, stored: list[tuple[str, str]]) -> list[routing.Deliverable]:
+    out: dict[str, routing.Deliverable] = {}
+    for fname, origin in stored:
+        path = files_root / fname
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID", "SOPClassUID"])
+        sop = str(ds.SOPInstanceUID)
+        out.setdefault(sop, routing.Deliverable(sop, str(ds.SOPClassUID), str(path.resolve()), origin))
+    return list(out.values())
 
 
 def _with_error(result: RunResult, error: str) -> RunResult:

@@ -53,6 +53,7 @@ class JobRow:
     folder: str | None
     procrastinate_job_id: int | None
     updated: dt.datetime
+    send_to: list[dict[str, Any]]
 
     def as_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
@@ -94,11 +95,12 @@ async def create(
     settings: Mapping[str, Any],
     delay: float,
     why: str,
+    send_to: Sequence[Mapping[str, Any]] = (),
 ) -> int:
     cursor = await conn.execute(
         f"""INSERT INTO {JOBS_TABLE} (rule, level, job_key, pacs_identifier, study_uid, series_uids, roles,
-                max_attempts, run, settings, run_after, history)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)
+                max_attempts, run, settings, run_after, history, send_to)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s, %s)
             RETURNING id""",
         (
             rule,
@@ -113,6 +115,7 @@ async def create(
             Jsonb(dict(settings)),
             delay,
             _event("queued", 0, why=why),
+            Jsonb([dict(d) for d in send_to]),
         ),
     )
     row = await cursor.fetchone()

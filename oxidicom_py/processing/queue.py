@@ -19,11 +19,16 @@ from typing import Any, Final
 
 import procrastinate
 import psycopg
+from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 
+from oxidicom_py.delivery.deliver import DeliveryRetry
+
 TASK_NAME: Final = "oxidicom.run_job"
+DELIVER_TASK: Final = "oxidicom.deliver"
 DEFAULT_QUEUE: Final = "oxidicom"
+DELIVERY_QUEUE: Final = "oxidicom-delivery"
 
 
 class AttemptFailed(Exception):
@@ -43,15 +48,20 @@ class JobRetryStrategy(BaseRetryStrategy):
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         if isinstance(exception, AttemptFailed) and exception.retry_in is not None:
             return RetryDecision(retry_in={"seconds": max(0, round(exception.retry_in))})
+        if isinstance(exception, DeliveryRetry):
+            return RetryDecision(retry_in={"seconds": max(1, round(exception.retry_in))})
         if isinstance(exception, ReturnedToQueue):
             return RetryDecision(retry_in={"seconds": 0})
         return None
 
 
 RunJob = Callable[[int], Awaitable[None]]
+Deliver = Callable[[int, str], Awaitable[None]]
 
 
-def make_app(db_uri: str | None = None, run_job: RunJob | None = None, **pool_args: Any) -> procrastinate.App:
+def make_app(
+    db_uri: str | None = None, run_job: RunJob | None = None, deliver: Deliver | None = None, **pool_args: Any
+) -> procrastinate.App:
     """The procrastinate app: the receivers need it (without a URI) only to defer on their own
     connection; workers give ``db_uri`` and the function that runs an attempt."""
     connector = (
@@ -64,8 +74,27 @@ def make_app(db_uri: str | None = None, run_job: RunJob | None = None, **pool_ar
             raise RuntimeError("this process does not run jobs")
         await run_job(job_id)
 
+    async def oxidicom_deliver(job_id: int, destination: str) -> None:
+        if deliver is None:  # pragma: no cover
+            raise RuntimeError("this process does not deliver")
+        await deliver(job_id, destination)
+
     app.task(name=TASK_NAME, queue=DEFAULT_QUEUE, retry=JobRetryStrategy())(oxidicom_run_job)
+    app.task(name=DELIVER_TASK, queue=DELIVERY_QUEUE, retry=JobRetryStrategy())(oxidicom_deliver)
     return app
+
+
+async def defer_delivery(app: procrastinate.App, conn: psycopg.AsyncConnection, job_id: int, destination: str) -> None:
+    """Queue the delivery of a job's pending instances to ``destination`` (one waiting at a time:
+    a second request while one waits is the same work)."""
+    deferrer = app.tasks[DELIVER_TASK].configure(
+        connection=conn, queueing_lock=f"deliver:{job_id}:{destination}", queue=DELIVERY_QUEUE
+    )
+    try:
+        async with conn.transaction():
+            await deferrer.defer_async(job_id=job_id, destination=destination)
+    except AlreadyEnqueued:
+        pass
 
 
 def queueing_lock(rule: str, key: str) -> str:

@@ -60,6 +60,9 @@ class RulesInForce:
             metrics.JOBS_LATE.labels(rule.name)
             for state in JOB_STATES:
                 metrics.JOBS.labels(rule.name, state)
+            for target in rule.send_to:
+                for result in ("sent", "failed"):
+                    metrics.DELIVERED.labels(target, result)
         log.info(
             "rules in force",
             extra={

@@ -90,6 +90,11 @@ class Rule:
     on_late: str
     line: int
     settings: Mapping[str, Any] = field(default_factory=dict)
+    targets: tuple[Mapping[str, Any], ...] = ()
+    """``send_to`` resolved: each destination's settings with its ``name`` (``sender``: the
+    address is looked up when the delivery is made)."""
+    send_to_origin: bool = False
+    """Whether a forward may go back to the AE title the instances came from."""
 
     @property
     def retries(self) -> int:
@@ -189,6 +194,15 @@ def parse(text: str, source: str = "<rules>") -> Rules:
                 on_late=raw.get("on_late", "log"),
                 line=line,
                 settings=raw.get("settings", {}),
+                targets=tuple(
+                    {
+                        "name": t,
+                        **({} if t == SENDER else destinations[t]),
+                        "send_to_origin": bool(raw.get("send_to_origin", False)),
+                    }
+                    for t in raw.get("send_to", [])
+                ),
+                send_to_origin=bool(raw.get("send_to_origin", False)),
             )
         )
     return Rules(tuple(rules), destinations, source)

@@ -49,7 +49,7 @@ class Trigger:
 
     async def __call__(self, conn: psycopg.AsyncConnection, events: Sequence[SeriesEnded]) -> None:
         current = self.rules.current
-        if not any(rule.run for rule in current.rules):
+        if not any(rule.run or rule.send_to for rule in current.rules):
             return
         try:
             async with conn.transaction():  # a savepoint: a failure here leaves the end standing
@@ -65,7 +65,7 @@ class Trigger:
 
     async def _ended(self, conn: psycopg.AsyncConnection, current: Rules, events: Sequence[SeriesEnded]) -> None:
         studies: set[str] = set()
-        study_rules = [r for r in current.rules if r.level == "study" and r.run]
+        study_rules = [r for r in current.rules if r.level == "study" and (r.run or r.send_to)]
         for event in events:
             facts = await series_facts(conn, self.files_root, event.pacs, event.series_uid)
             if facts is None:
@@ -78,7 +78,7 @@ class Trigger:
                 )
                 continue
             for rule in current.rules:
-                if rule.level == "series" and rule.run and self._eligible(rule, facts):
+                if rule.level == "series" and (rule.run or rule.send_to) and self._eligible(rule, facts):
                     await self._arm(
                         conn,
                         rule,
@@ -177,6 +177,7 @@ class Trigger:
                     run=run,
                     settings=rule.settings,
                     delay=delay,
+                    send_to=rule.targets,
                     why="late instances (on_late: rerun)"
                     if previous is not None and previous.state != "cancelled"
                     else "series ended"

@@ -27,6 +27,7 @@ import procrastinate
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py import runtime
+from oxidicom_py.delivery.deliver import deliver
 from oxidicom_py.processing import job_store, queue
 from oxidicom_py.processing.attempt import Attempt, Context
 from oxidicom_py.settings import Settings
@@ -41,6 +42,12 @@ def worker_name() -> str:
 
 async def recover_stalled(app: procrastinate.App, pool: AsyncConnectionPool, stalled_after: float) -> int:
     """Put the jobs of dead workers back in the queue (or fail them: no attempt left); how many."""
+    deliveries = await app.job_manager.get_stalled_jobs(
+        task_name=queue.DELIVER_TASK, seconds_since_heartbeat=stalled_after
+    )
+    for pj in deliveries:  # acknowledged instances are recorded one by one: the rest is sent again
+        await app.job_manager.retry_job(pj, retry_at=dt.datetime.now(dt.UTC))
+        log.warning("delivery of a dead worker recovered", extra={"procrastinate_job": pj.id})
     stalled = await app.job_manager.get_stalled_jobs(task_name=queue.TASK_NAME, seconds_since_heartbeat=stalled_after)
     recovered = 0
     for pj in stalled:
@@ -96,7 +103,11 @@ async def run_processing(
     async def run_job(job_id: int) -> None:
         await Attempt(context, job_id).run()
 
-    app = queue.make_app(db_uri, run_job, min_size=1, max_size=2)
+    async def run_delivery(job_id: int, destination: str) -> None:
+        await deliver(pool, db_uri, settings.scp_aet, job_id, destination)
+
+    app = queue.make_app(db_uri, run_job, run_delivery, min_size=1, max_size=2)
+    context.app = app
     stalled_after = settings.jobs_stalled_after
     try:
         async with app.open_async():

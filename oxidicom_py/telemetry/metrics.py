@@ -105,6 +105,11 @@ JOBS_TRIGGER_ERRORS = Counter(
     "oxidicom_jobs_trigger_errors",
     "Series ends whose rules could not be evaluated or whose job could not be deferred (logged; the end stands).",
 )
+DELIVERED = Counter(
+    "oxidicom_delivered",
+    "Instances delivered to destinations (sent: acknowledged; failed: out of attempts), by destination.",
+    ["destination", "result"],
+)
 
 NAMES: Final = (
     "oxidicom_instances_received",
@@ -130,6 +135,7 @@ NAMES: Final = (
     "oxidicom_jobs_queued",
     "oxidicom_jobs_late",
     "oxidicom_jobs_trigger_errors",
+    "oxidicom_delivered",
 )
 
 _ae_labels: set[str] = set()

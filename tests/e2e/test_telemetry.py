@@ -126,7 +126,7 @@ def test_metrics_and_traces_match_a_known_push(tmp_path: Path, db_uri: str, otlp
         "OXIDICOM_PROCESS_IN_SERVE": "false",
     }
     (tmp_path / "rules.yaml").write_text(
-        "rules:\n  - name: none\n    when: {Modality: XX}\n    run: {command: ['true']}\n"
+        "rules:\n  - name: none\n    when: {Modality: XX}\n    run: {command: ['true']}\n    send_to: [sender]\n"
     )
     with ServeProcess(env, tmp_path) as rx:
         assert _push(rx.port, "PACSA", series_a) == [0] * 10
@@ -170,6 +170,7 @@ def test_metrics_and_traces_match_a_known_push(tmp_path: Path, db_uri: str, otlp
             ("oxidicom_jobs_late_total", (("rule", "none"),)): 0,
             ("oxidicom_job_seconds_count", (("rule", "none"),)): 0,
             ("oxidicom_jobs_trigger_errors_total", ()): 0,
+            ("oxidicom_delivered_total", (("destination", "sender"), ("result", "sent"))): 0,
         }
 
         def observed() -> dict[tuple[str, tuple[tuple[str, str], ...]], float | None]:

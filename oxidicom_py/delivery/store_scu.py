@@ -1,0 +1,135 @@
+"""C-STORE of files to one destination (pynetdicom as the requestor), blocking: run it in a thread.
+
+Presentation contexts: one per SOP class, offering each file's own transfer syntax and the
+uncompressed ones (pynetdicom re-encodes between those). Every store is bounded by
+``dimse_timeout``: a response that never comes (a lost one, a hung peer) aborts the
+association and leaves the file unacknowledged, to be sent again on the next attempt.
+``acknowledged(uid, status)`` is called as each response arrives, so what a destination
+acknowledged is recorded before anything else is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+log = logging.getLogger("oxidicom_py.delivery")
+
+MAX_CONTEXTS = 128
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    ae_title: str
+    host: str
+    port: int
+    calling_ae: str
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+
+
+@dataclass(slots=True)
+class Outcome:
+    sent: int = 0
+    failed: dict[str, tuple[int | None, str]] | None = None
+    """SOP Instance UID -> (status, why) of the files not acknowledged with success."""
+    error: str | None = None
+    """Why the association failed as a whole (refused, unreachable, aborted)."""
+
+
+def _is_success(status: int) -> bool:
+    return status == 0x0000 or status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
+
+
+def send(target: Target, files: Sequence[Outgoing], acknowledged: Callable[[str, int], None]) -> Outcome:
+    """Send ``files`` over one association (several if they need more than 128 contexts)."""
+    outcome = Outcome(failed={})
+    assert outcome.failed is not None
+    by_class: dict[str, list[Outgoing]] = {}
+    for f in files:
+        by_class.setdefault(f.sop_class_uid, []).append(f)
+    classes = sorted(by_class)
+    for start in range(0, len(classes), MAX_CONTEXTS):
+        chunk = classes[start : start + MAX_CONTEXTS]
+        _send_chunk(target, [f for c in chunk for f in by_class[c]], chunk, acknowledged, outcome)
+        if outcome.error:
+            break
+    return outcome
+
+
+def _send_chunk(
+    target: Target,
+    files: Sequence[Outgoing],
+    classes: Sequence[str],
+    acknowledged: Callable[[str, int], None],
+    outcome: Outcome,
+) -> None:
+    from pynetdicom import AE
+
+    assert outcome.failed is not None
+    datasets = {}
+    syntaxes: dict[str, set[str]] = {c: set(UNCOMPRESSED) for c in classes}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f.path)
+        except (OSError, pydicom.errors.InvalidDicomError) as e:
+            outcome.failed[f.sop_instance_uid] = (None, f"cannot read {f.path.name}: {e}")
+            continue
+        datasets[f.sop_instance_uid] = ds
+        syntaxes[f.sop_class_uid].add(str(ds.file_meta.TransferSyntaxUID))
+    ae = AE(ae_title=target.calling_ae)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = target.timeout
+    ae.dimse_timeout = target.timeout
+    ae.network_timeout = target.timeout
+    ae.connection_timeout = min(target.timeout, 10.0)
+    for c in classes:
+        ae.add_requested_context(c, sorted(syntaxes[c]))
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            outcome.error = f"association rejected by {target.ae_title}@{target.host}:{target.port}"
+        else:
+            outcome.error = f"no association with {target.ae_title}@{target.host}:{target.port} (refused or timed out)"
+        return
+    try:
+        for f in files:
+            ds = datasets.get(f.sop_instance_uid)
+            if ds is None:
+                continue
+            if not assoc.is_established:
+                outcome.error = "association lost"
+                return
+            try:
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError) as e:  # no accepted context fits the file
+                outcome.failed[f.sop_instance_uid] = (None, f"{f.path.name}: {e}")
+                continue
+            code = int(status.Status) if status and "Status" in status else None
+            if code is None:
+                outcome.error = f"no response to the C-STORE of {f.sop_instance_uid} within {target.timeout:g} s"
+                return  # the association is aborted by pynetdicom; the rest waits for the next attempt
+            if _is_success(code):
+                acknowledged(f.sop_instance_uid, code)
+                outcome.sent += 1
+            else:
+                comment = str(status.get("ErrorComment", "") or "")
+                outcome.failed[f.sop_instance_uid] = (code, f"status 0x{code:04X} {comment}".strip())
+    finally:
+        if assoc.is_established:
+            assoc.release()
