@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 
 import psycopg
@@ -30,13 +31,15 @@ class DeliveryRetry(Exception):
         self.retry_in = retry_in
 
 
-def _send_recording(db_uri: str, job_id: int, destination: str, target: Target, files: list[Outgoing]) -> Outcome:
+def _send_recording(
+    db_uri: str, job_id: int, destination: str, target: Target, files: list[Outgoing], stop: threading.Event
+) -> Outcome:
     with psycopg.connect(db_uri, autocommit=True, connect_timeout=10) as conn:
 
         def acknowledged(sop: str, status: int) -> None:
             records.mark_sent_sync(conn, job_id, destination, sop, status)
 
-        return send(target, files, acknowledged)
+        return send(target, files, acknowledged, stop)
 
 
 async def deliver(pool: AsyncConnectionPool, db_uri: str, our_aet: str, job_id: int, destination: str) -> None:
@@ -48,7 +51,12 @@ async def deliver(pool: AsyncConnectionPool, db_uri: str, our_aet: str, job_id: 
     target = Target(first["ae_title"], first["host"], int(first["port"]), first["calling_ae"] or our_aet)
     files = [Outgoing(r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
     fields = {"job": job_id, "destination": destination, "ae_title": target.ae_title, "instances": len(files)}
-    outcome = await asyncio.to_thread(_send_recording, db_uri, job_id, destination, target, files)
+    stop = threading.Event()
+    try:
+        outcome = await asyncio.to_thread(_send_recording, db_uri, job_id, destination, target, files, stop)
+    except asyncio.CancelledError:
+        stop.set()  # the thread ends after the C-STORE under way; what it acknowledged is recorded
+        raise
     metrics.DELIVERED.labels(destination, "sent").inc(outcome.sent)
     failed = outcome.failed or {}
     if not failed and not outcome.error and outcome.sent == len(files):

@@ -11,6 +11,7 @@ acknowledged is recorded before anything else is sent.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,14 @@ def _is_success(status: int) -> bool:
     return status == 0x0000 or status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
 
 
-def send(target: Target, files: Sequence[Outgoing], acknowledged: Callable[[str, int], None]) -> Outcome:
-    """Send ``files`` over one association (several if they need more than 128 contexts)."""
+def send(
+    target: Target,
+    files: Sequence[Outgoing],
+    acknowledged: Callable[[str, int], None],
+    stop: threading.Event | None = None,
+) -> Outcome:
+    """Send ``files`` over one association (several if they need more than 128 contexts);
+    ``stop`` set: no further C-STORE (the one under way finishes), the association is released."""
     outcome = Outcome(failed={})
     assert outcome.failed is not None
     by_class: dict[str, list[Outgoing]] = {}
@@ -65,7 +72,7 @@ def send(target: Target, files: Sequence[Outgoing], acknowledged: Callable[[str,
     classes = sorted(by_class)
     for start in range(0, len(classes), MAX_CONTEXTS):
         chunk = classes[start : start + MAX_CONTEXTS]
-        _send_chunk(target, [f for c in chunk for f in by_class[c]], chunk, acknowledged, outcome)
+        _send_chunk(target, [f for c in chunk for f in by_class[c]], chunk, acknowledged, outcome, stop)
         if outcome.error:
             break
     return outcome
@@ -77,6 +84,7 @@ def _send_chunk(
     classes: Sequence[str],
     acknowledged: Callable[[str, int], None],
     outcome: Outcome,
+    stop: threading.Event | None,
 ) -> None:
     from pynetdicom import AE
 
@@ -112,6 +120,9 @@ def _send_chunk(
             ds = datasets.get(f.sop_instance_uid)
             if ds is None:
                 continue
+            if stop is not None and stop.is_set():
+                outcome.error = "stopped: the worker is shutting down"
+                return
             if not assoc.is_established:
                 outcome.error = "association lost"
                 return

@@ -13,6 +13,7 @@ series or study), the worker heartbeats and the retries.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -77,7 +78,10 @@ def make_app(
     async def oxidicom_deliver(job_id: int, destination: str) -> None:
         if deliver is None:  # pragma: no cover
             raise RuntimeError("this process does not deliver")
-        await deliver(job_id, destination)
+        try:
+            await deliver(job_id, destination)
+        except asyncio.CancelledError:  # the worker stops: what was not acknowledged is sent later
+            raise ReturnedToQueue("the worker stopped during the delivery") from None
 
     app.task(name=TASK_NAME, queue=DEFAULT_QUEUE, retry=JobRetryStrategy())(oxidicom_run_job)
     app.task(name=DELIVER_TASK, queue=DELIVERY_QUEUE, retry=JobRetryStrategy())(oxidicom_deliver)

@@ -246,3 +246,48 @@ def test_a_forward_never_sends_a_series_back_to_the_ae_it_came_from(tmp_path: Pa
             skipped = [line for line in rx.lines if line.get("msg", "").startswith("not sent back to the AE title")]
             assert [line["destination"] for line in skipped] == ["sender", "pacs"] and skipped[0]["instances"] == 2
             assert pacs.get("/series") == []
+
+
+@contextlib.contextmanager
+def _slow_scp(delay: float) -> Iterator[tuple[int, list[str]]]:
+    """A pynetdicom Storage SCP taking ``delay`` seconds per C-STORE (answers Success)."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    seen: list[str] = []
+
+    def handle(event: Any) -> int:
+        time.sleep(delay)  # the destination is slow: this is the scenario, not a wait
+        seen.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    ae = AE(ae_title="SLOW")
+    ae.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+    try:
+        yield port, seen
+    finally:
+        server.shutdown()
+
+
+def test_a_receiver_restarted_mid_delivery_never_sends_an_acknowledged_instance_again(
+    tmp_path: Path, db_uri: str
+) -> None:
+    files = load_script("synthetic").generate(tmp_path / "src", slices=12, rows=16, cols=16, seed=46)
+    with _slow_scp(0.25) as (port, seen):
+        rules = {
+            "destinations": {"slow": {"ae_title": "SLOW", "host": LOOPBACK, "port": port, "delivery_backoff": 1}},
+            "rules": [{"name": "fwd", "when": {"Modality": "MR"}, "settle": 0.5, "send_to": ["slow"]}],
+        }
+        env = {**_env(tmp_path, db_uri, rules), "OXIDICOM_PROCESS_GRACE": "0.5", "OXIDICOM_JOBS_STALLED_AFTER": "3"}
+        with ServeProcess(env, tmp_path) as rx:
+            storescu(rx.port, calling="SCANNER", called="OXITEST", files=files)
+            wait_until(lambda: len(seen) >= 3, 60, what="the delivery under way")
+        # stopped mid-delivery (SIGTERM: drain, the worker's grace is over in 0.5 s)
+        acknowledged = {d["sop_instance_uid"] for d in _deliveries(db_uri) if d["state"] == "sent"}
+        assert 0 < len(acknowledged) < 12, acknowledged
+        with ServeProcess(env, tmp_path):
+            wait_until(lambda: {d["state"] for d in _deliveries(db_uri)} == {"sent"}, 90, what="the rest delivered")
+    assert len(set(seen)) == 12  # every instance arrived
+    assert all(seen.count(sop) == 1 for sop in acknowledged), seen  # none acknowledged was sent again

@@ -150,3 +150,19 @@ def test_unknown_or_missing_markers_are_refused() -> None:
         gen.render(document.replace("<!-- generated: file-meta -->", "<!-- generated: nonsense -->"), blocks)
     with pytest.raises(gen.ConformanceError, match="end generated"):
         gen.render(document + "\n<!-- generated: product -->\n", blocks)
+
+
+def test_the_flow_diagram_is_what_its_script_draws() -> None:
+    """docs/flow.svg (shown in the README) is drawn by scripts/flow_diagram.py, never by hand."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    check = subprocess.run(
+        [sys.executable, str(root / "scripts" / "flow_diagram.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stderr
