@@ -37,6 +37,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     test.add_argument("--series", action="append", default=[], metavar="UID")
     test.add_argument("--study", action="append", default=[], metavar="UID")
     test.set_defaults(func=cmd_test)
+    from oxidicom_py.commands.rules_import import add_import_parser
+
+    add_import_parser(actions)
     return p
 
 
