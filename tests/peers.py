@@ -137,24 +137,22 @@ class Orthanc:
         )
 
 
-class ServeProcess:
-    """``python -m oxidicom_py serve`` as a user would run it, with JSON log lines collected."""
+class _LoggedProcess:
+    """A ``python -m oxidicom_py COMMAND`` process with its JSON log lines collected, ready when
+    it logs ``ready_message``."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = int(env.get("OXIDICOM_LISTENER_PORT") or free_port())
-        self.env = {
-            **os.environ,
-            "OXIDICOM_LISTENER_ADDRESS": LOOPBACK,
-            "OXIDICOM_LISTENER_PORT": str(self.port),
-            **env,
-        }
+    ready_message = "ready"
+
+    def __init__(self, env: dict[str, str], cwd: Path, command: list[str]) -> None:
+        self.env = env
         self.cwd = cwd
+        self.command = command
         self.lines: list[dict[str, Any]] = []
         self.proc: subprocess.Popen[str] | None = None
 
-    def __enter__(self) -> ServeProcess:
+    def __enter__(self):  # type: ignore[no-untyped-def]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oxidicom_py", "serve"],
+            [sys.executable, "-m", "oxidicom_py", *self.command],
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,
@@ -164,9 +162,9 @@ class ServeProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         try:
-            wait_until(self._ready, 60, what="'ready' from oxidicom-py serve")
+            wait_until(self._ready, 60, what=f"{self.ready_message!r} from oxidicom-py {self.command[0]}")
         except BaseException:
-            self.stop()  # __exit__ is not called when __enter__ fails: never leak a receiver
+            self.stop()  # __exit__ is not called when __enter__ fails: never leak a process
             raise
         return self
 
@@ -181,11 +179,16 @@ class ServeProcess:
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {self.proc.returncode}: {self.lines[-5:]}")
-        return any(line.get("msg") == "ready" for line in self.lines)
+            raise RuntimeError(f"{self.command[0]} exited with {self.proc.returncode}: {self.lines[-5:]}")
+        return any(line.get("msg") == self.ready_message for line in self.lines)
 
     def messages(self, level: str | None = None) -> list[dict[str, Any]]:
         return [line for line in self.lines if level is None or line.get("level") == level]
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
 
     def stop(self, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -203,64 +206,30 @@ class ServeProcess:
         self.stop()
 
 
-class ProcessWorker:
+class ServeProcess(_LoggedProcess):
+    """``python -m oxidicom_py serve`` as a user would run it, with JSON log lines collected."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = int(env.get("OXIDICOM_LISTENER_PORT") or free_port())
+        full = {
+            **os.environ,
+            "OXIDICOM_LISTENER_ADDRESS": LOOPBACK,
+            "OXIDICOM_LISTENER_PORT": str(self.port),
+            **env,
+        }
+        super().__init__(full, cwd, ["serve"])
+
+    def __enter__(self) -> ServeProcess:
+        return super().__enter__()  # type: ignore[no-any-return]
+
+
+class ProcessWorker(_LoggedProcess):
     """``python -m oxidicom_py process``: a real processing worker process, with its log lines."""
 
+    ready_message = "processing worker ready"
+
     def __init__(self, env: dict[str, str], cwd: Path, *args: str) -> None:
-        self.env = {**os.environ, **env}
-        self.cwd = cwd
-        self.args = args
-        self.lines: list[dict[str, Any]] = []
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__({**os.environ, **env}, cwd, ["process", *args])
 
     def __enter__(self) -> ProcessWorker:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oxidicom_py", "process", *self.args],
-            env=self.env,
-            cwd=self.cwd,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        try:
-            wait_until(self._ready, 60, what="'processing worker ready'")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                self.lines.append({"msg": line.rstrip(), "level": "raw"})
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"process exited with {self.proc.returncode}: {self.lines[-5:]}")
-        return any(line.get("msg") == "processing worker ready" for line in self.lines)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._reader.join(10)
-        return int(self.proc.returncode)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return super().__enter__()  # type: ignore[no-any-return]

@@ -143,18 +143,21 @@ def test_a_destination_down_for_a_while_gets_every_result_exactly_once(tmp_path:
 
 
 @contextlib.contextmanager
-def _refusing_scp(status: int) -> Iterator[tuple[int, list[str]]]:
-    """A pynetdicom Storage SCP that answers every C-STORE with ``status`` (and records the UIDs)."""
+def _scp(status: int, delay: float = 0.0) -> Iterator[tuple[int, list[str]]]:
+    """A pynetdicom Storage SCP (MR) answering every C-STORE with ``status`` after ``delay``
+    seconds (a slow destination: the scenario, not a wait); it records the SOP Instance UIDs."""
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import MRImageStorage
 
     seen: list[str] = []
 
     def handle(event: Any) -> int:
+        if delay:
+            time.sleep(delay)
         seen.append(str(event.request.AffectedSOPInstanceUID))
         return status
 
-    ae = AE(ae_title="REFUSER")
+    ae = AE(ae_title="DEST")
     ae.add_supported_context(MRImageStorage)
     port = free_port()
     server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
@@ -166,7 +169,7 @@ def _refusing_scp(status: int) -> Iterator[tuple[int, list[str]]]:
 
 def test_a_destination_answering_failure_statuses_ends_failed_with_the_status(tmp_path: Path, db_uri: str) -> None:
     files = load_script("synthetic").generate(tmp_path / "src", slices=2, rows=16, cols=16, seed=43)
-    with _refusing_scp(0xA700) as (port, seen):
+    with _scp(0xA700) as (port, seen):
         rules = {
             "destinations": {
                 "dest": {
@@ -248,34 +251,11 @@ def test_a_forward_never_sends_a_series_back_to_the_ae_it_came_from(tmp_path: Pa
             assert pacs.get("/series") == []
 
 
-@contextlib.contextmanager
-def _slow_scp(delay: float) -> Iterator[tuple[int, list[str]]]:
-    """A pynetdicom Storage SCP taking ``delay`` seconds per C-STORE (answers Success)."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import MRImageStorage
-
-    seen: list[str] = []
-
-    def handle(event: Any) -> int:
-        time.sleep(delay)  # the destination is slow: this is the scenario, not a wait
-        seen.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
-
-    ae = AE(ae_title="SLOW")
-    ae.add_supported_context(MRImageStorage)
-    port = free_port()
-    server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
-    try:
-        yield port, seen
-    finally:
-        server.shutdown()
-
-
 def test_a_receiver_restarted_mid_delivery_never_sends_an_acknowledged_instance_again(
     tmp_path: Path, db_uri: str
 ) -> None:
     files = load_script("synthetic").generate(tmp_path / "src", slices=12, rows=16, cols=16, seed=46)
-    with _slow_scp(0.25) as (port, seen):
+    with _scp(0x0000, delay=0.25) as (port, seen):
         rules = {
             "destinations": {"slow": {"ae_title": "SLOW", "host": LOOPBACK, "port": port, "delivery_backoff": 1}},
             "rules": [{"name": "fwd", "when": {"Modality": "MR"}, "settle": 0.5, "send_to": ["slow"]}],
