@@ -88,7 +88,20 @@ async def _act(args: argparse.Namespace, uri: str) -> int:
                 print(f"oxidicom-py: no job {args.id}", file=sys.stderr)
                 return 1
             if args.jobs_command == "show":
-                print(job_store.dumps(job.as_json()) if args.json else _show(job))
+                from oxidicom_py.delivery import records
+
+                sent = await records.select(conn, job_id=job.id)
+                if args.json:
+                    print(job_store.dumps({**job.as_json(), "deliveries": sent}))
+                else:
+                    print(_show(job))
+                    print(f"  deliveries ({len(sent)}):")
+                    for d in sent:
+                        status = "" if d["last_status"] is None else f" 0x{d['last_status']:04X}"
+                        print(
+                            f"    {d['destination']} {d['ae_title']}  {d['state']}  {d['attempts']}/{d['max_attempts']}"
+                            f"{status}  {d['sop_instance_uid']}" + (f"  {d['last_error']}" if d["last_error"] else "")
+                        )
                 return 0
             if args.jobs_command == "cancel":
                 if job.state not in ("queued", "running"):

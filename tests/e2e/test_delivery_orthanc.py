@@ -201,6 +201,8 @@ def test_a_destination_answering_failure_statuses_ends_failed_with_the_status(tm
             wait_until(lambda: len(seen) == 12, 60, what="a fresh set of attempts")
             wait_until(lambda: {x["state"] for x in _deliveries(db_uri)} == {"failed"}, 30, what="failed again")
             assert _cli(rx, "deliveries", "retry", "999").returncode == 1
+            shown = _cli(rx, "jobs", "show", str(rows[0]["job_id"]))
+            assert shown.returncode == 0 and "deliveries (2):" in shown.stdout and "failed" in shown.stdout
     assert query(db_uri, "SELECT state FROM oxidicom_jobs") == [{"state": "succeeded"}]  # the forward itself ran
 
 
