@@ -131,3 +131,10 @@ def test_rules_check_command(tmp_path: Path) -> None:
     assert refused.stderr.strip().splitlines() == [
         f"oxidicom-py: {bad}:10: rules/0/run/retries: 'many' is not of type 'integer'"
     ], refused.stderr
+
+
+def test_destination_tls_is_refused_until_it_is_implemented() -> None:
+    """Never a silent plain-text delivery to a destination the user asked to reach over TLS."""
+    text = "destinations:\n  d: {ae_title: X, host: h, port: 1, tls: {}}\nrules:\n  - name: a\n    send_to: [d]\n"
+    with pytest.raises(rules.RulesError, match=r"^f:2: destinations/d: Additional properties .*'tls' was unexpected"):
+        rules.parse(text, "f")
