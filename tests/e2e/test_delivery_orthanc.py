@@ -128,6 +128,7 @@ def test_a_destination_down_for_a_while_gets_every_result_exactly_once(tmp_path:
     }
     with ServeProcess(_env(tmp_path, db_uri, rules), tmp_path) as rx:
         storescu(rx.port, calling="SCANNER", called="OXITEST", files=files)  # the destination is down
+        pushed = time.monotonic()
         wait_until(
             lambda: (d := _deliveries(db_uri)) and len(d) == 4 and min(x["attempts"] for x in d) >= 3,
             90,
@@ -135,6 +136,8 @@ def test_a_destination_down_for_a_while_gets_every_result_exactly_once(tmp_path:
         )
         down = _deliveries(db_uri)
         assert {d["state"] for d in down} == {"pending"} and "no association" in down[0]["last_error"]
+        # the outage lasts 20 s at least (the scenario's length, measured from the push)
+        wait_until(lambda: time.monotonic() - pushed >= 20, 30, interval=0.5, what="a 20 s outage")
         with tps:
             wait_until(lambda: {d["state"] for d in _deliveries(db_uri)} == {"sent"}, 90, what="all delivered")
             held = _study_series(tps)
@@ -225,8 +228,10 @@ def test_a_rule_on_the_called_ae_title_sends_its_report_back_to_the_sender(tmp_p
         with ServeProcess(_env(tmp_path, db_uri, rules, pacs), tmp_path) as rx:
             assert pacs.upload(files) == 3
             pacs.add_modality("AI", "AICORE1", rx.port)
-            pacs.store("AI", list(pacs.series_ids().values()))
+            pacs.store("AI", list(pacs.series_ids().values()))  # synchronous: returns after the last instance
+            sent = time.monotonic()
             wait_until(lambda: len(_study_series(pacs)) == 2, 60, what="the report back in the PACS")
+            print(f"\ndata-transfer-station: last instance sent -> report visible: {time.monotonic() - sent:.1f} s")
             series = _study_series(pacs)
     jobs = query(db_uri, "SELECT rule, state FROM oxidicom_jobs")
     assert jobs == [{"rule": "aicore", "state": "succeeded"}]
@@ -253,8 +258,21 @@ def test_a_forward_never_sends_a_series_back_to_the_ae_it_came_from(tmp_path: Pa
             assert pacs.get("/series") == []
 
 
+def _kill_all(rx: ServeProcess) -> None:
+    """SIGKILL the receiver and every process under it (its processing worker): a crash."""
+    import psutil
+
+    assert rx.proc is not None
+    tree = psutil.Process(rx.proc.pid)
+    for p in [*tree.children(recursive=True), tree]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    rx.proc.wait(10)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_a_receiver_restarted_mid_delivery_never_sends_an_acknowledged_instance_again(
-    tmp_path: Path, db_uri: str
+    tmp_path: Path, db_uri: str, how: str
 ) -> None:
     files = load_script("synthetic").generate(tmp_path / "src", slices=12, rows=16, cols=16, seed=46)
     with _scp(0x0000, delay=0.25) as (port, seen):
@@ -266,7 +284,9 @@ def test_a_receiver_restarted_mid_delivery_never_sends_an_acknowledged_instance_
         with ServeProcess(env, tmp_path) as rx:
             storescu(rx.port, calling="SCANNER", called="OXITEST", files=files)
             wait_until(lambda: len(seen) >= 3, 60, what="the delivery under way")
-        # stopped mid-delivery (SIGTERM: drain, the worker's grace is over in 0.5 s)
+            if how == "sigkill":
+                _kill_all(rx)  # the delivery job stays 'doing' until the stalled-job recovery (3 s)
+        # stopped mid-delivery (SIGTERM: drain, the worker's grace is over in 0.5 s; or killed)
         acknowledged = {d["sop_instance_uid"] for d in _deliveries(db_uri) if d["state"] == "sent"}
         assert 0 < len(acknowledged) < 12, acknowledged
         with ServeProcess(env, tmp_path):
