@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.delivery import records
-from oxidicom_py.delivery.store_scu import Outcome, Outgoing, Target, send
+from oxidicom_py.delivery.store_scu import Outcome, Outgoing, Target, client_context, send
 from oxidicom_py.telemetry import metrics
 
 log = logging.getLogger("oxidicom_py.delivery")
@@ -48,9 +49,22 @@ async def deliver(pool: AsyncConnectionPool, db_uri: str, our_aet: str, job_id: 
     if not rows:
         return
     first = rows[0]
-    target = Target(first["ae_title"], first["host"], int(first["port"]), first["calling_ae"] or our_aet)
+    try:
+        tls = client_context(first["tls"]) if first["tls"] else None
+    except (OSError, ssl.SSLError, ValueError) as e:  # a CA or certificate file missing or bad
+        tls, bad_tls = None, f"destination tls: {e}"
+    else:
+        bad_tls = None
+    target = Target(first["ae_title"], first["host"], int(first["port"]), first["calling_ae"] or our_aet, tls=tls)
     files = [Outgoing(r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
     fields = {"job": job_id, "destination": destination, "ae_title": target.ae_title, "instances": len(files)}
+    if bad_tls is not None:
+        async with pool.connection() as conn, conn.transaction():
+            left, delay = await records.attempt_failed(conn, job_id, destination, {}, bad_tls)
+        log.error("delivery impossible: %s", bad_tls, extra=fields)
+        if left and delay is not None:
+            raise DeliveryRetry(bad_tls, delay)
+        return
     stop = threading.Event()
     try:
         outcome = await asyncio.to_thread(_send_recording, db_uri, job_id, destination, target, files, stop)

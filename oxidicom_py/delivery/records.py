@@ -31,9 +31,9 @@ async def create(
         return 0
     retries = int(destination.get("delivery_retries", DEFAULT_RETRIES))
     cursor = await conn.execute(
-        f"""INSERT INTO {DELIVERIES_TABLE} (job_id, destination, ae_title, host, port, calling_ae,
+        f"""INSERT INTO {DELIVERIES_TABLE} (job_id, destination, ae_title, host, port, calling_ae, tls,
                 sop_instance_uid, sop_class_uid, path, max_attempts, backoff, deadline, state, last_error)
-            SELECT %(job)s, %(name)s, %(ae)s, %(host)s, %(port)s, %(calling)s, u.sop, u.cls, u.path, %(max)s,
+            SELECT %(job)s, %(name)s, %(ae)s, %(host)s, %(port)s, %(calling)s, %(tls)s, u.sop, u.cls, u.path, %(max)s,
                 %(backoff)s, now() + make_interval(secs => %(age)s),
                 CASE WHEN %(error)s::text IS NULL THEN 'pending' ELSE 'failed' END, %(error)s
             FROM unnest(%(sops)s::text[], %(classes)s::text[], %(paths)s::text[]) AS u(sop, cls, path)
@@ -45,6 +45,7 @@ async def create(
             "host": destination.get("host"),
             "port": destination.get("port"),
             "calling": destination.get("calling_ae"),
+            "tls": None if destination.get("tls") is None else psycopg.types.json.Jsonb(destination["tls"]),
             "max": 1 + retries,
             "backoff": float(destination.get("delivery_backoff", DEFAULT_BACKOFF)),
             "age": float(destination.get("delivery_max_age", DEFAULT_MAX_AGE)),

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS {JOBS_TABLE} (
 """
 
 _JOBS_SEND_TO_DDL: Final = f"ALTER TABLE {JOBS_TABLE} ADD COLUMN IF NOT EXISTS send_to jsonb NOT NULL DEFAULT '[]'"
+_DELIVERIES_TLS_DDL: Final = f"ALTER TABLE {DELIVERIES_TABLE} ADD COLUMN IF NOT EXISTS tls jsonb NULL"
 
 _DELIVERIES_DDL: Final = f"""
 CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} (
@@ -68,6 +69,7 @@ CREATE TABLE IF NOT EXISTS {DELIVERIES_TABLE} (
     host varchar(255) NULL,
     port integer NULL,
     calling_ae varchar(16) NULL,
+    tls jsonb NULL,
     sop_instance_uid varchar(64) NOT NULL,
     sop_class_uid varchar(64) NOT NULL,
     path text NOT NULL,
@@ -137,7 +139,13 @@ def procrastinate_schema() -> str:
 
 
 def jobs_ddl() -> list[str]:
-    statements = [_JOBS_DDL.strip(), _JOBS_SEND_TO_DDL, _OUTPUTS_DDL.strip(), _DELIVERIES_DDL.strip()]
+    statements = [
+        _JOBS_DDL.strip(),
+        _JOBS_SEND_TO_DDL,
+        _OUTPUTS_DDL.strip(),
+        _DELIVERIES_DDL.strip(),
+        _DELIVERIES_TLS_DDL,
+    ]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in JOBS_INDEXES.items()]
     statements += [_JOBS_NOTIFY_DDL.strip(), _JOBS_TRIGGER_DDL.strip()]
     return statements

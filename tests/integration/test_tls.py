@@ -372,3 +372,33 @@ def test_serve_over_tls_registers(
         stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
         assert sorted(dataset_bytes(p) for p in stored) == sorted(dataset_bytes(p) for p in files)
     assert rx.proc is not None and rx.proc.returncode == 0
+
+
+@pytest.mark.integration
+def test_results_are_delivered_over_tls_with_a_client_certificate(tmp_path: Path, pki: Pki, files: list[Path]) -> None:
+    """A destination with ``tls``: the server verified against ``ca``, our certificate presented;
+    a destination whose certificate we cannot verify gets nothing."""
+    import pydicom
+
+    from oxidicom_py.delivery.store_scu import Outgoing, Target, client_context, send
+
+    outgoing = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        outgoing.append(Outgoing(str(ds.SOPInstanceUID), str(ds.SOPClassUID), f))
+    good = client_context({"ca": str(pki.ca), "cert": str(pki.client_cert), "key": str(pki.client_key)})
+    with InProcessReceiver(tmp_path / "files", ssl=_context(pki, client_ca=True)) as rx:
+        acked: list[str] = []
+        outcome = send(
+            Target("OXITEST", LOOPBACK, rx.port, "GOODPACS", tls=good), outgoing, lambda s, _c: acked.append(s)
+        )
+        assert (
+            outcome.error is None
+            and not outcome.failed
+            and sorted(acked) == sorted(o.sop_instance_uid for o in outgoing)
+        )
+        assert len(rx.rows) == len(files)
+        untrusting = client_context({"ca": str(pki.stranger_cert)})  # a CA that did not sign the receiver's certificate
+        refused = send(Target("OXITEST", LOOPBACK, rx.port, "GOODPACS", tls=untrusting), outgoing, lambda s, _c: None)
+        assert refused.error is not None and refused.sent == 0
+        assert len(rx.rows) == len(files)  # nothing more arrived

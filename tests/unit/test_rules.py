@@ -133,8 +133,12 @@ def test_rules_check_command(tmp_path: Path) -> None:
     ], refused.stderr
 
 
-def test_destination_tls_is_refused_until_it_is_implemented() -> None:
-    """Never a silent plain-text delivery to a destination the user asked to reach over TLS."""
-    text = "destinations:\n  d: {ae_title: X, host: h, port: 1, tls: {}}\nrules:\n  - name: a\n    send_to: [d]\n"
-    with pytest.raises(rules.RulesError, match=r"^f:2: destinations/d: Additional properties .*'tls' was unexpected"):
-        rules.parse(text, "f")
+def test_destination_tls_settings_are_checked() -> None:
+    ok = "destinations:\n  d: {ae_title: X, host: h, port: 1, tls: {ca: ca.pem, cert: c.pem, key: k.pem}}\n"
+    ok += "rules:\n  - name: a\n    send_to: [d]\n"
+    parsed = rules.parse(ok, "f")
+    assert parsed.rules[0].targets[0]["tls"] == {"ca": "ca.pem", "cert": "c.pem", "key": "k.pem"}
+    bad = "destinations:\n  d: {ae_title: X, host: h, port: 1, tls: {key: k.pem}}\n"
+    bad += "rules:\n  - name: a\n    send_to: [d]\n"
+    with pytest.raises(rules.RulesError, match=r"^f:2: destinations/d/tls: 'cert' is a dependency of 'key'"):
+        rules.parse(bad, "f")
