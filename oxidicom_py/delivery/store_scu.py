@@ -40,6 +40,18 @@ class Target:
     """DICOM TLS (made by :func:`client_context`); None: plain TCP."""
 
 
+def _decompressed(ds: pydicom.Dataset) -> pydicom.Dataset | None:
+    """``ds`` in Explicit VR Little Endian if it is compressed and pydicom can decode it, else None."""
+    if not ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    try:
+        ds.decompress(generate_instance_uid=False)
+    except Exception as e:  # no decoder for that syntax, or corrupt pixel data
+        log.warning("cannot decompress for a destination that refused its syntax: %s", e)
+        return None
+    return ds
+
+
 def client_context(spec: Mapping[str, Any]) -> ssl.SSLContext:
     """The TLS context of a destination's ``tls`` settings: TLS 1.2+, the server verified against
     ``ca`` (default: the system's CAs) and, unless ``check_hostname: false``, its name; our
@@ -146,8 +158,15 @@ def _send_chunk(
             try:
                 status = assoc.send_c_store(ds)
             except (ValueError, RuntimeError) as e:  # no accepted context fits the file
-                outcome.failed[f.sop_instance_uid] = (None, f"{f.path.name}: {e}")
-                continue
+                plain = _decompressed(ds)
+                if plain is None:
+                    outcome.failed[f.sop_instance_uid] = (None, f"{f.path.name}: {e}")
+                    continue
+                try:  # the destination refused the file's compressed syntax: send it uncompressed
+                    status = assoc.send_c_store(plain)
+                except (ValueError, RuntimeError) as again:
+                    outcome.failed[f.sop_instance_uid] = (None, f"{f.path.name}: {again}")
+                    continue
             code = int(status.Status) if status and "Status" in status else None
             if code is None:
                 outcome.error = f"no response to the C-STORE of {f.sop_instance_uid} within {target.timeout:g} s"
