@@ -293,3 +293,31 @@ def test_a_receiver_restarted_mid_delivery_never_sends_an_acknowledged_instance_
             wait_until(lambda: {d["state"] for d in _deliveries(db_uri)} == {"sent"}, 90, what="the rest delivered")
     assert len(set(seen)) == 12  # every instance arrived
     assert all(seen.count(sop) == 1 for sop in acknowledged), seen  # none acknowledged was sent again
+
+
+def test_creni_burned_in_copies_reach_the_configured_pacs_exactly_once(tmp_path: Path, db_uri: str) -> None:
+    """creni.org's workflow done right: every instance burned in, delivered to the PACS once."""
+    files = load_script("synthetic").generate(tmp_path / "src", slices=4, rows=32, cols=32, seed=47)
+    with Orthanc(tmp_path / "pacs", aet="CRENIPACS") as pacs:
+        rules = {
+            "destinations": {"pacs": {"ae_title": "CRENIPACS", "host": LOOPBACK, "port": pacs.dicom_port}},
+            "rules": [
+                {
+                    "name": "creni",
+                    "when": {"Modality": "MR"},
+                    "settle": 0.5,
+                    "settings": {"text": "RESEARCH ONLY"},
+                    "run": {"command": ["oxidicom-py", "module", "burn-in"], "timeout": 60},
+                    "send_to": ["pacs"],
+                }
+            ],
+        }
+        with ServeProcess(_env(tmp_path, db_uri, rules), tmp_path) as rx:
+            storescu(rx.port, calling="SCANNER", called="OXITEST", files=files)
+            sent = time.monotonic()
+            wait_until(lambda: len(pacs.get("/instances")) == 4, 60, what="the burned-in copies in the PACS")
+            print(f"\ncreni.org: last instance sent -> burned-in copies visible: {time.monotonic() - sent:.1f} s")
+            held = _study_series(pacs)
+            tags = pacs.get(f"/instances/{pacs.get('/instances')[0]}/simplified-tags")
+    assert list(held.values()) == [4] and tags["BurnedInAnnotation"] == "YES", (held, tags)
+    assert {d["state"] for d in _deliveries(db_uri)} == {"sent"} and len(_deliveries(db_uri)) == 4
