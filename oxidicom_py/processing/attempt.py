@@ -261,7 +261,7 @@ class Attempt:
                         for o in outputs
                     ]
                     await routing.plan(
-                        conn, self.c.app, job.id, job.send_to, files, self._sender(job), self.c.pacs_address
+                        conn, self.c.app, job.id, job.send_to, files, job.pacs_identifier, self.c.pacs_address
                     )
                 await job_store.finish(
                     conn,
@@ -280,38 +280,24 @@ class Attempt:
                 return
             assert result.error is not None
             reason = short_reason(result.error)
-            if job.attempts < job.max_attempts:
-                delay = backoff_delay(job)
-                await job_store.finish(
-                    conn,
-                    job,
-                    state="queued",
-                    reason=reason,
-                    error=result.error,
-                    exit_code=result.exit_code,
-                    duration=result.duration,
-                    log_excerpt=excerpt,
-                    delay=delay,
-                )
-                log.warning("job attempt failed: retried", extra=self._fields(job, error=result.error, retry_in=delay))
-            else:
-                delay = None
-                await job_store.finish(
-                    conn,
-                    job,
-                    state="failed",
-                    reason=reason,
-                    error=result.error,
-                    exit_code=result.exit_code,
-                    duration=result.duration,
-                    log_excerpt=excerpt,
-                )
+            delay = backoff_delay(job) if job.attempts < job.max_attempts else None
+            await job_store.finish(
+                conn,
+                job,
+                state="failed" if delay is None else "queued",
+                reason=reason,
+                error=result.error,
+                exit_code=result.exit_code,
+                duration=result.duration,
+                log_excerpt=excerpt,
+                delay=delay,
+            )
+            if delay is None:
                 metrics.JOBS.labels(job.rule, "failed").inc()
                 log.error("job failed: no attempt left", extra=self._fields(job, error=result.error))
+            else:
+                log.warning("job attempt failed: retried", extra=self._fields(job, error=result.error, retry_in=delay))
         raise AttemptFailed(result.error, delay)
-
-    def _sender(self, job: job_store.JobRow) -> str | None:
-        return job.pacs_identifier
 
     async def _forward(self, job: job_store.JobRow) -> None:
         """A rule with ``send_to`` and no ``run``: deliver the stored series unchanged."""
@@ -325,7 +311,7 @@ class Attempt:
             made = 0
             if self.c.app is not None:
                 made = await routing.plan(
-                    conn, self.c.app, job.id, job.send_to, files, self._sender(job), self.c.pacs_address
+                    conn, self.c.app, job.id, job.send_to, files, job.pacs_identifier, self.c.pacs_address
                 )
             await job_store.finish(conn, job, state="succeeded", exit_code=0, duration=0.0, outputs=[])
         metrics.JOBS.labels(job.rule, "succeeded").inc()
