@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py import runtime
-from oxidicom_py.completion import progress
+from oxidicom_py.completion import counted_insert, progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
 from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
@@ -64,8 +64,7 @@ async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool:
         linger=settings.db_linger_ms / 1000,
         max_concurrent_batches=db_pool,
         logger=logging.getLogger("oxidicom_py.registry"),
-        on_inserted=progress.count_inserted,
-        on_begin=progress.lock_series,
+        insert=counted_insert.insert_counted,
         before_commit=progress.before_commit,
     )
     await registrar.start()

@@ -13,9 +13,11 @@ import contextlib
 import logging
 import signal
 import socket
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -124,14 +126,33 @@ async def check_database(uri: str, name: str) -> None:
     await conn.close()
 
 
-def make_pool(uri: str, size: int) -> AsyncConnectionPool:
+POOL_CHECK_IDLE = 1.0
+"""A pooled connection back for less than this many seconds is lent without a check query."""
+
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = weakref.WeakKeyDictionary()
+
+
+async def _note_return(conn: psycopg.AsyncConnection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    """Drop connections a database restart left dead, without a round trip per batch: one used a
+    moment ago is lent as it is (if it died since, the batch fails and is retried)."""
+    if time.monotonic() - _returned_at.get(conn, -POOL_CHECK_IDLE) >= POOL_CHECK_IDLE:
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def make_pool(uri: str, size: int, **options: Any) -> AsyncConnectionPool:
     return AsyncConnectionPool(
         uri,
         min_size=1,
         max_size=size,
         open=False,
         name="oxidicom",
-        check=AsyncConnectionPool.check_connection,  # drop connections a database restart left dead
+        check=_check_if_idle,
+        reset=_note_return,
+        **options,
     )
 
 

@@ -171,6 +171,12 @@ def _record(conn: psycopg.AsyncConnection, events: list[SeriesEnded], ended: lis
         _in_transaction.setdefault(conn, []).extend(events)
 
 
+def forget_transaction(conn: psycopg.AsyncConnection) -> None:
+    """Called first in each registration transaction: a rolled-back attempt on this connection
+    leaves no ended series behind."""
+    _in_transaction.pop(conn, None)
+
+
 async def before_commit(conn: psycopg.AsyncConnection) -> None:
     """``before_commit`` hook of the registrar: hand the series this transaction ended to the
     end hooks, inside it."""
@@ -190,7 +196,7 @@ async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> N
     transaction-level advisory lock per series, sorted by key, first, serialises exactly the
     batches that could collide, always in the same order.
     """
-    _in_transaction.pop(conn, None)  # a rolled-back attempt on this connection leaves nothing behind
+    forget_transaction(conn)
     keys = sorted({series_lock_key(row.SeriesInstanceUID) for row in rows})
     if keys:
         await conn.execute(_LOCK_SERIES, (keys,))

@@ -5,7 +5,8 @@ registration transaction runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -16,6 +17,10 @@ from oxidicom_py.registry.fitting import DbRow
 InTransaction = Callable[[psycopg.AsyncConnection], Awaitable[None]]
 """More SQL to run in the transaction that registers a row (must be idempotent: it runs again
 if the row's batch is retried after a COMMIT whose outcome was unknown)."""
+
+InsertRows = Callable[[psycopg.AsyncConnection, Sequence[DbRow], Mapping[str, int], dt.datetime], Awaitable[set[str]]]
+"""Inserts a batch's rows (distinct fnames, sorted) given the PACS ids and the batch's creation
+date; returns the fnames it inserted (e.g. :func:`oxidicom_py.registry.batch_sql.insert_rows`)."""
 
 OnInserted = Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[Callable[[], None] | None]]
 """Called in each batch's transaction with the rows that this transaction newly inserted; may

@@ -42,11 +42,20 @@ _COLUMNS: Final[tuple[tuple[str, str], ...]] = (
     ("pacs_id", "bigint"),
 )
 
-INSERT_ROWS: Final = (
-    f"INSERT INTO {PACSFILE_TABLE} (creation_date, {', '.join(name for name, _ in _COLUMNS)})"
-    f" SELECT %b::timestamptz, * FROM unnest({', '.join(f'%b::{kind}[]' for _, kind in _COLUMNS)})"
-    " ON CONFLICT (fname) DO NOTHING RETURNING fname"
-)
+
+def insert_select(where: str = "") -> str:
+    """The batch's ``INSERT ... SELECT ... FROM unnest(...) ON CONFLICT (fname) DO NOTHING``
+    (no RETURNING), its parameters made by :func:`insert_params`; ``where``: a condition on the
+    SELECT (e.g. one that makes locks be taken before the first row)."""
+    return (
+        f"INSERT INTO {PACSFILE_TABLE} (creation_date, {', '.join(name for name, _ in _COLUMNS)})"
+        f" SELECT %b::timestamptz, * FROM unnest({', '.join(f'%b::{kind}[]' for _, kind in _COLUMNS)})"
+        + (f" WHERE {where}" if where else "")
+        + " ON CONFLICT (fname) DO NOTHING"
+    )
+
+
+INSERT_ROWS: Final = insert_select() + " RETURNING fname"
 
 UPSERT_PACS: Final = (
     f"INSERT INTO {PACS_TABLE} (identifier) SELECT unnest(%b::text[]) ON CONFLICT (identifier) DO NOTHING"
@@ -77,10 +86,14 @@ async def insert_rows(
     """Insert ``rows`` (distinct fnames, sorted); return the fnames actually inserted."""
     if not rows:
         return set()
-    columns: list[list[object]] = [list(column) for column in zip(*rows, strict=True)]
-    columns[-1] = [pacs_ids[identifier] for identifier in columns[-1]]
-    cursor = await conn.execute(INSERT_ROWS, (creation_date, *columns))
+    cursor = await conn.execute(INSERT_ROWS, insert_params(rows, pacs_ids, creation_date))
     return {fname for (fname,) in await cursor.fetchall()}
+
+
+def insert_params(rows: Sequence[DbRow], pacs_ids: Mapping[str, int], creation_date: dt.datetime) -> list[object]:
+    """The parameters of :func:`insert_select`: the creation date, then one array per column."""
+    *columns, identifiers = (list(column) for column in zip(*rows, strict=True))
+    return [creation_date, *columns, [pacs_ids[identifier] for identifier in identifiers]]
 
 
 async def inserted_by_attempts(

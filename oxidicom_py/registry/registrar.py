@@ -8,7 +8,9 @@ Scheduling (all on the event loop thread):
   under load batches fill up instead of queueing as many small ones;
 * each batch runs as its own task: fit values to the columns, drop duplicate fnames inside
   the batch, sort by fname, then one transaction (PACS upsert + one multi-row INSERT with
-  ``ON CONFLICT (fname) DO NOTHING``);
+  ``ON CONFLICT (fname) DO NOTHING``); a batch with nothing else to do (every PACS id known, no
+  row with extra SQL, no hooks around the insert) is one statement in autocommit, its own
+  transaction: one round trip;
 * data errors (``DataError``, ``IntegrityError``, or a value psycopg cannot dump) split the
   batch in halves until the offending row is alone; that row's future gets
   :class:`RowRejectedError`, all the others are registered;
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -35,7 +38,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
-from oxidicom_py.registry.batch_items import Attempt, Entry, InTransaction, Item, OnInserted
+from oxidicom_py.registry.batch_items import Attempt, Entry, InsertRows, InTransaction, Item, OnInserted
 from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
 from oxidicom_py.registry.batch_metrics import INSERTED as _INSERTED
 from oxidicom_py.registry.batch_metrics import REJECTED as _REJECTED
@@ -75,10 +78,14 @@ class Registrar:
         on_inserted: OnInserted | None = None,
         on_begin: Callable[[psycopg.AsyncConnection, Sequence[DbRow]], Awaitable[None]] | None = None,
         before_commit: InTransaction | None = None,
+        insert: InsertRows = batch_sql.insert_rows,
     ) -> None:
         """``on_begin``: called first in each batch's transaction with all its rows (e.g. to take
-        locks in one global order); ``on_inserted``: after the insert, with the new rows;
-        ``before_commit``: last, after every row's extra SQL."""
+        locks in one global order); ``insert``: the statement that inserts the rows (it may do
+        more in the same statement, e.g. :func:`oxidicom_py.completion.counted_insert.insert_counted`);
+        ``on_inserted``: after the insert, with the new rows; ``before_commit``: last, after
+        every row's extra SQL, in the transactions that ran some (a batch without any is one
+        autocommitted statement)."""
         if batch_size < 1 or max_concurrent_batches < 1 or linger < 0:
             raise ValueError("batch_size and max_concurrent_batches must be >= 1, linger >= 0")
         self._pool = pool
@@ -92,6 +99,7 @@ class Registrar:
         self._on_inserted = on_inserted
         self._before_commit = before_commit
         self._on_begin = on_begin
+        self._insert = insert
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: deque[Item] = deque()
@@ -359,14 +367,23 @@ class Registrar:
         state: Attempt,
     ) -> set[str]:
         rows = [entry.values for entry in entries]
+        missing = {row.pacs_identifier for row in rows} - self._pacs_ids.keys()
+        if not missing and not in_doubt and self._one_statement(entries):
+            async with self._pool.connection(timeout=self._acquire_timeout) as conn:
+                await conn.set_autocommit(True)
+                try:
+                    state.commit_sent = True  # from here on, a lost connection leaves the outcome unknown
+                    return await self._insert(conn, rows, self._pacs_ids, creation_date)
+                finally:
+                    with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
+                        await conn.set_autocommit(False)
         after: Callable[[], None] | None = None
         async with self._pool.connection(timeout=self._acquire_timeout) as conn, conn.transaction():
             if self._on_begin is not None:
                 await self._on_begin(conn, rows)
-            missing = {row.pacs_identifier for row in rows} - self._pacs_ids.keys()
             new_ids = await batch_sql.upsert_pacs(conn, missing)
             pacs_ids = {**self._pacs_ids, **new_ids}
-            inserted = await batch_sql.insert_rows(conn, rows, pacs_ids, creation_date)
+            inserted = await self._insert(conn, rows, pacs_ids, creation_date)
             if self._on_inserted is not None and inserted:
                 after = await self._on_inserted(conn, [row for row in rows if row.fname in inserted])
             for entry in entries:
@@ -386,6 +403,12 @@ class Registrar:
             except Exception:  # what follows a commit must not make it look failed (and retried)
                 self._log.exception("an after-commit action failed")
         return inserted
+
+    def _one_statement(self, entries: Sequence[Entry]) -> bool:
+        """Whether the batch is its insert alone (no hook around it, no row's extra SQL)."""
+        if self._on_begin is not None or self._on_inserted is not None:
+            return False
+        return all(item.extra is None for entry in entries for item in entry.items)
 
     async def _split(self, entries: list[Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:
         if len(entries) == 1:

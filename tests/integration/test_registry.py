@@ -634,15 +634,19 @@ def test_stop_stale_servers_stops_orphans_only(pg_session_folder: Path) -> None:
         orphan.stop()
 
 
-@pytest.mark.parametrize("lock_first", [False, True], ids=["without-series-locks", "with-series-locks"])
+@pytest.mark.parametrize(
+    "locking", ["none", "hook", "one-statement"], ids=["without-series-locks", "with-series-locks", "one-statement"]
+)
 def test_batches_of_two_workers_sharing_series_never_deadlock(
-    db_uri: str, caplog: pytest.LogCaptureFixture, lock_first: bool
+    db_uri: str, caplog: pytest.LogCaptureFixture, locking: str
 ) -> None:
     """Worker A's batch counts an instance of S2, then its marker row's SQL touches S1; worker
     B's does the opposite. Without taking the series locks first (``on_begin``) the two
     transactions wait on each other until PostgreSQL kills one (the control case, which shows
-    this test can fail); with them, they run one after the other."""
-    from oxidicom_py.completion import progress
+    this test can fail); with them, they run one after the other. The production path (the
+    locks, the insert and the count as one statement: ``insert_counted``) must behave as the
+    hook does."""
+    from oxidicom_py.completion import counted_insert, progress
 
     def rows(instance_series: str, marker_series: str, n: int) -> tuple[PacsFileRow, PacsFileRow]:
         instance = sag_row(n, SeriesInstanceUID=instance_series, pacs_identifier="DEADLOCK")
@@ -661,8 +665,10 @@ def test_batches_of_two_workers_sharing_series_never_deadlock(
     async def scenario() -> list[bool]:
         await create_schema(db_uri)
         hooks: dict[str, Any] = {"on_inserted": progress.count_inserted, "batch_size": 2, "linger": 5}
-        if lock_first:
+        if locking == "hook":
             hooks["on_begin"] = progress.lock_series
+        elif locking == "one-statement":
+            hooks = {"insert": counted_insert.insert_counted, "batch_size": 2, "linger": 5}
         async with open_registrar(db_uri, **hooks) as a, open_registrar(db_uri, **hooks) as b:
             # as in production, each worker knows its PACS rows already (no upsert to queue behind)
             await results([*(a.submit(r) for r in rows("S0", "S0", 10)), *(b.submit(r) for r in rows("S0", "S0", 20))])
@@ -679,6 +685,73 @@ def test_batches_of_two_workers_sharing_series_never_deadlock(
     caplog.set_level(logging.WARNING, logger=LOG.name)
     assert asyncio.run(scenario()) == [True] * 4
     deadlocks = [r for r in caplog.records if "eadlock" in str(getattr(r, "error", ""))]
-    assert (len(deadlocks) > 0) is not lock_first
+    assert (len(deadlocks) > 0) is (locking == "none")
     counts = dict(query(db_uri, 'SELECT "SeriesInstanceUID", received FROM oxidicom_series_progress'))
     assert counts == {"S0": 2, "S1": 1, "S2": 1}
+
+
+def test_a_steady_batch_is_one_round_trip_and_counts_its_series(db_uri: str, tmp_path: Path) -> None:
+    """Once the PACS ids are known, a batch without extra SQL is one statement in autocommit
+    (the series locks, the insert and the progress count together) and the pool lends a
+    recently used connection without a check query: one Sync or Query from us per batch
+    (libpq's protocol trace counts them). A duplicate in the next batch adds nothing."""
+    from psycopg.pq import Trace
+
+    from oxidicom_py import runtime
+    from oxidicom_py.completion import counted_insert, progress
+
+    trace_path = tmp_path / "libpq.trace"
+    trace = trace_path.open("w")
+
+    connections: list[psycopg.AsyncConnection] = []
+
+    def start_trace(conn: psycopg.AsyncConnection) -> None:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+
+    async def traced(conn: psycopg.AsyncConnection) -> None:
+        connections.append(conn)
+        start_trace(conn)
+
+    def round_trips() -> int:
+        for conn in connections:  # libpq buffers its trace: untrace flushes it
+            conn.pgconn.untrace()
+            start_trace(conn)
+        lines = trace_path.read_text().splitlines()
+        return sum(
+            1 for line in lines if line.startswith("F") and line.split("\t")[2].split(" ")[0] in ("Sync", "Query")
+        )
+
+    async def scenario() -> tuple[int, list[bool], list[bool]]:
+        await create_schema(db_uri)
+        pool = runtime.make_pool(db_uri, 1, configure=traced)
+        await pool.open(wait=True, timeout=30)
+        registrar = Registrar(
+            pool,
+            batch_size=100,
+            linger=3600,
+            logger=LOG,
+            insert=counted_insert.insert_counted,
+            before_commit=progress.before_commit,
+        )
+        await registrar.start()
+        try:
+            assert await registrar.submit(sag_row(1), urgent=True)  # first batch: the PACS row too
+            before = round_trips()
+            batch = [registrar.submit(sag_row(n)) for n in range(2, 12)]
+            registrar.flush()
+            first = await results(batch)
+            used = round_trips() - before
+            again = [registrar.submit(sag_row(n)) for n in (11, 12)]
+            registrar.flush()
+            second = await results(again)
+        finally:
+            await registrar.close(timeout=30)
+            await pool.close()
+        return used, first, second
+
+    used, first, second = asyncio.run(scenario())
+    trace.close()
+    assert first == [True] * 10 and second == [False, True]
+    assert used == 1, f"{used} round trips for one steady batch"
+    assert query(db_uri, "SELECT received FROM oxidicom_series_progress") == [(12,)]
