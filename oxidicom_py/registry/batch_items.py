@@ -52,3 +52,24 @@ class Attempt:
 
     def __init__(self) -> None:
         self.commit_sent = False
+
+
+def has_extras(entries: Sequence[Entry]) -> bool:
+    """Whether a row of the batch brings SQL of its own (then the batch needs a transaction)."""
+    return any(item.extra is not None for entry in entries for item in entry.items)
+
+
+class CreationDates:
+    """UTC now, strictly increasing per registrar (so a batch's rows are identifiable)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+    def next(self) -> dt.datetime:
+        now = dt.datetime.now(dt.UTC)
+        if now <= self.last:
+            now = self.last + dt.timedelta(microseconds=1)
+        self.last = now
+        return now

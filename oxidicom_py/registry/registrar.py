@@ -6,11 +6,9 @@ Scheduling (all on the event loop thread):
   buffer holds a full batch, when its oldest row has waited ``linger`` seconds, or when
   closing -- and only when fewer than ``max_concurrent_batches`` batches are in flight, so
   under load batches fill up instead of queueing as many small ones;
-* each batch runs as its own task: fit values to the columns, drop duplicate fnames inside
-  the batch, sort by fname, then one transaction (PACS upsert + one multi-row INSERT with
-  ``ON CONFLICT (fname) DO NOTHING``); a batch with nothing else to do (every PACS id known, no
-  row with extra SQL, no hooks around the insert) is one statement in autocommit, its own
-  transaction: one round trip;
+* each batch is a task: fit values to the columns, merge duplicate fnames, sort by fname, then
+  one transaction (PACS upsert, one multi-row ``INSERT ... ON CONFLICT (fname) DO NOTHING``, the
+  rows' extra SQL); with nothing but the insert to do, one autocommitted statement;
 * data errors (``DataError``, ``IntegrityError``, or a value psycopg cannot dump) split the
   batch in halves until the offending row is alone; that row's future gets
   :class:`RowRejectedError`, all the others are registered;
@@ -18,7 +16,7 @@ Scheduling (all on the event loop thread):
   same rows with exponential backoff, forever, until they commit or :meth:`Registrar.close`
   runs out of its deadline;
 * a row's future resolves after its batch COMMITs: ``True`` if inserted, ``False`` if the
-  fname was already registered (by an earlier batch, a concurrent one, or the same batch).
+  fname was already registered (earlier, concurrently, or in the same batch).
 """
 
 from __future__ import annotations
@@ -38,18 +36,21 @@ from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py.record import PacsFileRow, log_fields
 from oxidicom_py.registry import batch_sql
-from oxidicom_py.registry.batch_items import Attempt, Entry, InsertRows, InTransaction, Item, OnInserted
+from oxidicom_py.registry.batch_items import (
+    Attempt,
+    CreationDates,
+    Entry,
+    InsertRows,
+    InTransaction,
+    Item,
+    OnInserted,
+    has_extras,
+)
 from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
 from oxidicom_py.registry.batch_metrics import INSERTED as _INSERTED
 from oxidicom_py.registry.batch_metrics import REJECTED as _REJECTED
 from oxidicom_py.registry.batch_metrics import observe_batch
-from oxidicom_py.registry.errors import (
-    RegistrarClosedError,
-    RegistrarError,
-    RowRejectedError,
-    describe,
-    is_data_error,
-)
+from oxidicom_py.registry.errors import RegistrarClosedError, RegistrarError, RowRejectedError, describe, is_data_error
 from oxidicom_py.registry.fitting import DbRow, fit_row
 from oxidicom_py.telemetry import tracing
 
@@ -114,7 +115,7 @@ class Registrar:
         self._abandoned = False  # close() deadline passed: launch nothing more
         self._closed = False
         self._pacs_ids: dict[str, int] = {}
-        self._last_creation_date = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._creation_dates = CreationDates()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -329,7 +330,7 @@ class Registrar:
         pacs_refreshed = False
         while True:
             attempt += 1
-            creation_date = self._next_creation_date()
+            creation_date = self._creation_dates.next()
             state = Attempt()
             try:
                 inserted = await self._transaction(entries, creation_date, in_doubt, state)
@@ -368,7 +369,8 @@ class Registrar:
     ) -> set[str]:
         rows = [entry.values for entry in entries]
         missing = {row.pacs_identifier for row in rows} - self._pacs_ids.keys()
-        if not missing and not in_doubt and self._one_statement(entries):
+        hooks = self._on_begin is not None or self._on_inserted is not None
+        if not missing and not in_doubt and not hooks and not has_extras(entries):
             async with self._pool.connection(timeout=self._acquire_timeout) as conn:
                 await conn.set_autocommit(True)
                 try:
@@ -403,12 +405,6 @@ class Registrar:
             except Exception:  # what follows a commit must not make it look failed (and retried)
                 self._log.exception("an after-commit action failed")
         return inserted
-
-    def _one_statement(self, entries: Sequence[Entry]) -> bool:
-        """Whether the batch is its insert alone (no hook around it, no row's extra SQL)."""
-        if self._on_begin is not None or self._on_inserted is not None:
-            return False
-        return all(item.extra is None for entry in entries for item in entry.items)
 
     async def _split(self, entries: list[Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:
         if len(entries) == 1:
@@ -447,11 +443,3 @@ class Registrar:
             },
         )
         await asyncio.sleep(delay)
-
-    def _next_creation_date(self) -> dt.datetime:
-        """UTC now, strictly increasing per registrar (so a batch's rows are identifiable)."""
-        now = dt.datetime.now(dt.UTC)
-        if now <= self._last_creation_date:
-            now = self._last_creation_date + dt.timedelta(microseconds=1)
-        self._last_creation_date = now
-        return now
