@@ -28,6 +28,7 @@ from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.flow import Pipeline
 from oxidicom_py.net import tls
+from oxidicom_py.net.balance import Balance
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
@@ -53,6 +54,8 @@ class WorkerShare:
     db_pool: int
     max_associations: int
     slots: SharedAssociationSlots | None = None
+    balance: Balance | None = None
+    """Which worker of the pool takes the next connection (None: this process alone)."""
 
 
 async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool: int) -> Registrar:
@@ -140,6 +143,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
             max_associations=max_associations,
             slots=slots,
             overloaded=_backlog_check(registrar, settings.db_max_pending),
+            balance=share.balance,
         )
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))

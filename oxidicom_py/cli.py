@@ -105,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logs.configure(s.log_level, static={"worker": args.index})
     log = logging.getLogger("oxidicom_py.worker")
     tracing.configure({"oxidicom.role": "worker", "oxidicom.worker": args.index})
-    from oxidicom_py import app
+    from oxidicom_py import app, runtime
     from oxidicom_py.net.slots import SharedAssociationSlots
 
     sock = socket.socket(fileno=args.listen_fd)
@@ -126,6 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     SharedAssociationSlots(args.slots_fd, args.index, args.workers, args.max_associations)
                     if args.slots_fd >= 0
                     else None,
+                    runtime.worker_balance(args.slots_fd, args.index, args.workers) if args.slots_fd >= 0 else None,
                 ),
                 on_ready=ready,
             )

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.net import balance
 from oxidicom_py.net.server import LISTEN_BACKLOG
 from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.embedded import EmbeddedPostgres
@@ -196,10 +197,22 @@ def on_stop_signal(callback: Callable[[], None]) -> None:
 
 
 def create_slots(workers: int) -> int:
-    """A shared-memory file of association slots for ``workers`` processes (its descriptor)."""
-    return SharedAssociationSlots.create(workers)
+    """A shared-memory file of association slots and the accept balance for ``workers``
+    processes (its descriptor)."""
+    return SharedAssociationSlots.create(workers, extra=balance.region_size(workers))
 
 
-def reset_slot(fd: int, index: int) -> None:
-    """Give back the slots a dead worker held."""
+def worker_balance(fd: int, index: int, workers: int) -> balance.SharedBalance:
+    """Worker ``index``'s side of the accept balance in the file :func:`create_slots` made."""
+    return balance.SharedBalance(fd, SharedAssociationSlots.size(workers), index, workers)
+
+
+def open_accept_gate(fd: int, workers: int) -> None:
+    """Every worker is ready: they may accept connections now (none before)."""
+    balance.SharedBalance.open_gate(fd, SharedAssociationSlots.size(workers))
+
+
+def reset_slot(fd: int, index: int, workers: int) -> None:
+    """Give back the slots and connections a dead worker held."""
     SharedAssociationSlots.reset(fd, index)
+    balance.SharedBalance.reset(fd, SharedAssociationSlots.size(workers), index)

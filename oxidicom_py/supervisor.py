@@ -87,6 +87,7 @@ class Supervisor:
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if self._all_ready.is_set():
+                runtime.open_accept_gate(self.slots_fd, self.n)  # no connection before every worker is ready
                 self.target.workers_ready()
                 host, port = sock.getsockname()[:2]
                 log.info(
@@ -152,7 +153,7 @@ class Supervisor:
                 return
             self.restarts += 1
             metrics.WORKER_RESTARTS.inc()
-            runtime.reset_slot(self.slots_fd, slot)  # its associations died with it
+            runtime.reset_slot(self.slots_fd, slot, self.n)  # its associations died with it
             removed = self.target.worker_died(proc.pid)
             log.error(
                 "worker died; starting a new one",

@@ -83,6 +83,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._peer = ("?", 0)
+        self.on_lost: Callable[[], None] | None = None
+        """Called once the connection is gone (the accept loop's balance counts connections)."""
 
     @property
     def info(self) -> AssociationInfo | None:
@@ -131,6 +133,8 @@ class AssociationProtocol(asyncio.Protocol):
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -12,6 +12,8 @@ from oxidicom_py.dicom import acse, pdu
 from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.events import AssociationInfo
 from oxidicom_py.net import tls
+from oxidicom_py.net.accepting import AcceptLoop
+from oxidicom_py.net.balance import Balance
 from oxidicom_py.net.protocol import AssociationHandler, AssociationProtocol
 from oxidicom_py.net.slots import AssociationSlots
 
@@ -34,15 +36,18 @@ class Listener:
         max_associations: int = 0,
         slots: AssociationSlots | None = None,
         overloaded: Callable[[], str | None] | None = None,
+        balance: Balance | None = None,
     ) -> None:
         """``overloaded``: returns why new associations should wait (e.g. a registration
-        backlog while the database is away), or None."""
+        backlog while the database is away), or None; ``balance``: shared with the other
+        workers of a pool, which of them takes the next connection."""
         self.config = config
         self._on_established = on_established
         self.slots = slots if slots is not None else AssociationSlots(max_associations)
         self._overloaded = overloaded
         self._overload_reason: str | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.balance = balance if balance is not None else Balance()
+        self.accepting: AcceptLoop | None = None
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         """Refuse while overloaded or without a free slot; a slot taken here is given back when
@@ -69,11 +74,15 @@ class Listener:
     def _established(self, info: AssociationInfo) -> AssociationHandler:
         return _Counted(self, self._on_established(info))
 
-    def _protocol(self) -> AssociationProtocol:
-        return AssociationProtocol(self.config, self._established, self._admission)
+    def _protocol(self, release: Callable[[], None]) -> AssociationProtocol:
+        protocol = AssociationProtocol(self.config, self._established, self._admission)
+        protocol.on_lost = release
+        return protocol
 
-    def _tls_protocol(self) -> AssociationProtocol:
-        return _TlsAssociationProtocol(self.config, self._established, self._admission)
+    def _tls_protocol(self, release: Callable[[], None]) -> AssociationProtocol:
+        protocol = _TlsAssociationProtocol(self.config, self._established, self._admission)
+        protocol.on_lost = release
+        return protocol
 
     async def start(self, host: str, port: int, ssl: _ssl.SSLContext | None = None) -> tuple[str, int]:
         """Bind and listen on ``host:port`` (port 0: any free port); TLS when ``ssl`` is given."""
@@ -91,25 +100,22 @@ class Listener:
         a failed handshake (a plain client, a missing or untrusted client certificate) just
         closes that connection: the association protocol never sees it.
         """
-        loop = asyncio.get_running_loop()
-        if ssl is None:
-            self.server = await loop.create_server(self._protocol, sock=sock, backlog=LISTEN_BACKLOG)
-        else:
-            self.server = await loop.create_server(
-                self._tls_protocol,
-                sock=sock,
-                backlog=LISTEN_BACKLOG,
-                ssl=ssl,
-                ssl_handshake_timeout=self.config.artim_timeout,
-            )
+        self.accepting = AcceptLoop(
+            sock,
+            self._protocol if ssl is None else self._tls_protocol,
+            self.balance,
+            ssl=ssl,
+            handshake_timeout=self.config.artim_timeout,
+        )
+        self.accepting.start()
         bound = sock.getsockname()
         scheme = "tcp" if ssl is None else "tls"
         log.info("listening on %s://%s:%d", scheme, bound[0], bound[1], extra={"ae_title": self.config.ae_title})
         return bound[0], bound[1]
 
     async def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.accepting is not None:
+            self.accepting.close()
 
 
 class _TlsAssociationProtocol(AssociationProtocol):

@@ -49,10 +49,16 @@ class SharedAssociationSlots(AssociationSlots):
         self._map = mmap.mmap(fd, workers * _COUNTER.size)
 
     @staticmethod
-    def create(workers: int) -> int:
-        """A new shared file of ``workers`` zeroed counters; its descriptor is inheritable."""
+    def size(workers: int) -> int:
+        """Bytes of the counters; the file may hold more after them (the accept balance)."""
+        return workers * _COUNTER.size
+
+    @staticmethod
+    def create(workers: int, extra: int = 0) -> int:
+        """A new shared file of ``workers`` zeroed counters and ``extra`` zeroed bytes after
+        them; its descriptor is inheritable."""
         fd = os.memfd_create("oxidicom-association-slots", 0)  # Linux; no file to clean up
-        os.ftruncate(fd, workers * _COUNTER.size)
+        os.ftruncate(fd, workers * _COUNTER.size + extra)
         os.set_inheritable(fd, True)
         return fd
 

@@ -107,3 +107,31 @@ def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files:
             timeout=30,
         )
         assert refused.returncode != 0
+
+
+def test_four_simultaneous_associations_split_two_and_two(tmp_path: Path, db_uri: str) -> None:
+    """The accept balance: 4 associations opened at once, 20 times (the first right after
+    start-up), always land 2+2 on 2 workers. Before it, the kernel's choice (whoever waits in
+    accept) split about half of such pushes 3+1, and most of the first ones 4+0 or 3+1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    contexts = [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])]
+    splits: list[tuple[int, int]] = []
+    with ServeProcess(_env(db_uri, tmp_path), tmp_path) as rx, ThreadPoolExecutor(4) as pool:
+
+        def accepted() -> list[int]:
+            return [
+                int(line["worker"])
+                for line in list(rx.lines)
+                if str(line.get("msg", "")).startswith("association accepted")
+            ]
+
+        for _round in range(20):
+            before = len(accepted())
+            scus = list(pool.map(lambda _: RawScu(rx.port, contexts, called="OXIDICOMTEST"), range(4)))
+            wait_until(lambda: len(accepted()) >= before + 4, 10, what="4 association lines")  # noqa: B023
+            new = accepted()[before:]
+            splits.append((new.count(0), new.count(1)))
+            for scu in scus:
+                scu.release()
+    assert splits == [(2, 2)] * 20, splits
