@@ -65,6 +65,10 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "idle_rss_mb": _stats([r["idle_rss_mb"] for r in ok]),
                 "rss_increase_mb": _stats([r["rss_increase_mb"] for r in ok]),
                 "db_cpu_s_per_1k": _stats([r["db_cpu_s_per_1k"] for r in ok if r.get("db_cpu_s_per_1k") is not None]),
+                "db_net_cpu_s_per_1k": _stats(
+                    [r["db_net_cpu_s_per_1k"] for r in ok if r.get("db_net_cpu_s_per_1k") is not None]
+                ),
+                "total_cpu_s_per_1k": _stats([r.get("total_cpu_s_per_1k", r["cpu_s_per_1k"]) for r in ok]),
                 "sender_cpu_s_per_1k": _stats([r["sender_cpu_s_per_1k"] for r in ok]),
                 "other_cpu_pct": _stats([r["other_cpu_s"] / r["window_s"] * 100 for r in ok if r.get("window_s")]),
                 "commit_latency_ms": {
@@ -88,7 +92,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         b = base.get((r["corpus"], r["associations"], r["storage"].split(" ")[0]))
         ratios: dict[str, float | None] = {}
         for field in ("inst_per_s", "mb_per_s", "cpu_s_per_1k", "peak_rss_mb", "rss_increase_mb"):
-            mine, theirs = r.get(field), (b or {}).get(field)
+            mine, theirs = r.get("total_cpu_s_per_1k" if field == "cpu_s_per_1k" else field), (b or {}).get(field)
             ok = mine and theirs and theirs["median"]
             ratios[field] = mine["median"] / theirs["median"] if ok else None  # type: ignore[index]
         r["vs_storescp"] = ratios if b else None
@@ -110,8 +114,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "receiver": best["label"],
                 "inst_per_s": r["inst_per_s"]["median"] / best["inst_per_s"]["median"] if r.get("inst_per_s") else None,
-                "cpu_s_per_1k": r["cpu_s_per_1k"]["median"] / best["cpu_s_per_1k"]["median"]
-                if r.get("cpu_s_per_1k") and best.get("cpu_s_per_1k") and best["cpu_s_per_1k"]["median"]
+                "cpu_s_per_1k": r["total_cpu_s_per_1k"]["median"] / best["cpu_s_per_1k"]["median"]
+                if r.get("total_cpu_s_per_1k") and best.get("cpu_s_per_1k") and best["cpu_s_per_1k"]["median"]
                 else None,
             }
             if best
@@ -249,11 +253,11 @@ def markdown(doc: dict[str, Any]) -> str:
         out.append(f"\n*Skipped:* {note}")
     out.append("")
     out.append(
-        "| corpus | assoc | receiver | storage | inst/s | MB/s | CPU s / 1k inst | peak RSS MB |"
+        "| corpus | assoc | receiver | storage | inst/s | MB/s | CPU s / 1k inst | incl. PG | peak RSS MB |"
         " release→last row p50 / p99 ms | vs storescp: inst/s · CPU · RSS | vs best DCMTK: inst/s · CPU |"
         " other CPU % | runs ok |"
     )
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["memory_only"]:
             continue
@@ -270,7 +274,9 @@ def markdown(doc: dict[str, Any]) -> str:
         name = f"**{r['label']}**" if r["kind"] == "oxidicom" else r["label"]
         out.append(
             f"| {r['corpus']} | ×{r['associations']} | {name} | {r['storage']} | {_cell(r['inst_per_s'])} |"
-            f" {_cell(r['mb_per_s'], 0, False)} | {_cell(r['cpu_s_per_1k'], 3)} | {_cell(r['peak_rss_mb'], 0, False)} |"
+            f" {_cell(r['mb_per_s'], 0, False)} | {_cell(r['cpu_s_per_1k'], 3)} |"
+            f" {_cell(r['total_cpu_s_per_1k'], 3) if r['kind'] == 'oxidicom' else '–'} |"
+            f" {_cell(r['peak_rss_mb'], 0, False)} |"
             f" {lat_text} | {vs_text} | {best_text} | {_cell(r['other_cpu_pct'], 0, False)} | {_status(r)} |"
         )
     out.extend(telemetry_markdown(rows))
