@@ -71,6 +71,9 @@ def kill_group(proc: subprocess.Popen[Any], sig: int = signal.SIGKILL) -> None:
         os.killpg(proc.pid, sig)
 
 
+VARIANTS_DIR = Path(__file__).with_name("variants")
+
+
 @dataclass(frozen=True)
 class ReceiverDef:
     key: str  # unique id, used by --only
@@ -87,6 +90,9 @@ class ReceiverDef:
     # oxidicom only: with a rules file whose one rule matches every series (OXIDICOM_RULES=bench/rules-ab.yaml,
     # no worker): what the trigger costs on the receive path (a job is deferred in each series' end)
     rules: bool = False
+    # oxidicom only: a variant with parts removed (bench/variants/sitecustomize.py): "notrack" (no series
+    # bookkeeping) or "nodb" (no registration either); what bench/profile.py subtracts
+    variant: str = ""
     # storescp only: its options (default: the bench's historical baseline, "+xa -pdu 131072")
     options: tuple[str, ...] = ("+xa", "-pdu", "131072")
 
@@ -99,6 +105,11 @@ class ReceiverDef:
     @property
     def is_oxidicom(self) -> bool:
         return self.kind == "oxidicom"
+
+    @property
+    def registers(self) -> bool:
+        """oxidicom_py writing rows (every variant but ``nodb``)."""
+        return self.kind == "oxidicom" and self.variant != "nodb"
 
     @property
     def is_baseline(self) -> bool:
@@ -135,6 +146,19 @@ def receiver_defs(oxidicom_processes: list[int | None]) -> list[ReceiverDef]:
             ),
             ReceiverDef(
                 f"oxidicom{tag}-tmpfs-rules", "oxidicom", "tmpfs", f"{label} +rules", "ChRIS", True, p, rules=True
+            ),
+            *(
+                ReceiverDef(
+                    f"oxidicom{tag}-tmpfs-{variant}",
+                    "oxidicom",
+                    "tmpfs",
+                    f"{label} without {what}",
+                    "ChRIS",
+                    True,
+                    p,
+                    variant=variant,
+                )
+                for variant, what in (("notrack", "series progress"), ("nodb", "registration"))
             ),
             ReceiverDef(f"oxidicom{tag}-disk", "oxidicom", "disk", label, "ChRIS", True, p),
             ReceiverDef(f"oxidicom{tag}-disk-nofsync", "oxidicom", "disk", label, "ChRIS", False, p),
@@ -224,6 +248,8 @@ class Running:
             import psycopg
 
             files = count_files(self.out_dir / "SERVICES" / "PACS" / SENDER_AET, ".dcm")
+            if not self.rdef.registers:
+                return {"files": files}
             with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
@@ -247,6 +273,19 @@ class Running:
                 (SENDER_AET,),
             ).fetchall()
         return {str(k): int(v) for k, v in rows}
+
+    def count_batches(self) -> int:
+        """oxidicom_py: registration transactions that inserted instance rows (each batch's rows
+        share one creation_date, unique per batch)."""
+        import psycopg
+
+        with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(DISTINCT f.creation_date) FROM pacsfiles_pacsfile f"
+                " JOIN pacsfiles_pacs p ON p.id = f.pacs_id WHERE p.identifier = %s",
+                (SENDER_AET,),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def count_jobs(self) -> int:
         """oxidicom_py with rules: the jobs its series ends deferred (the A/B is void without them)."""
@@ -383,6 +422,9 @@ def start(
         if rdef.rules:
             env.update(OXIDICOM_RULES=str(Path(__file__).with_name("rules-ab.yaml")), OXIDICOM_PROCESS_IN_SERVE="false")
         env.update(extra_env or {})
+        if rdef.variant:
+            env["OXIDICOM_BENCH_VARIANT"] = rdef.variant
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(VARIANTS_DIR), env.get("PYTHONPATH")]))
         if oxidicom_src is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(oxidicom_src), env.get("PYTHONPATH")]))
             cmd = [sys.executable, "-m", "oxidicom_py", "serve"]

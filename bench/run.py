@@ -218,6 +218,16 @@ class CommitWatcher:
         self.conn.close()
 
 
+def oxidicom_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("OXIDICOM_"):
+            raise SystemExit(f"--oxidicom-env {pair!r}: expected OXIDICOM_NAME=VALUE")
+        env[name] = value
+    return env
+
+
 # -- one run -----------------------------------------------------------------------------------
 
 
@@ -280,12 +290,14 @@ def run_one(
     senders: list[Sender] = []
     t_window_end: float | None = None
     try:
-        running = receivers.start(rdef, run_dir, sitting.db, sitting.args.oxidicom_src)
+        running = receivers.start(
+            rdef, run_dir, sitting.db, sitting.args.oxidicom_src, extra_env=oxidicom_env(sitting.args.oxidicom_env)
+        )
         record["port"] = running.port
         if rdef.is_oxidicom:
             record["processes"] = running.info.get("processes")
         time.sleep(SETTLE_S)
-        if rdef.is_oxidicom:
+        if rdef.registers:
             assert running.db_uri is not None
             watcher = CommitWatcher(running.db_uri, [[corpus.sop_uids[i] for i in ch] for ch in chunks_idx])
             watcher.start()
@@ -383,6 +395,9 @@ def run_one(
         record["received"] = counts
         if rdef.is_oxidicom:
             record["other_rows"] = running.count_other_rows()
+        if rdef.registers:
+            record["batches"] = running.count_batches()
+            record["rows_per_batch"] = n / record["batches"] if record["batches"] else None
             if rdef.rules:
                 record["jobs"] = running.count_jobs()
                 if not record["jobs"]:
@@ -643,6 +658,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " a comma-separated list gives one set of rows per value",
     )
     p.add_argument(
+        "--oxidicom-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an OXIDICOM_* setting for every oxidicom_py receiver (repeatable), e.g. OXIDICOM_DB_LINGER_MS=50",
+    )
+    p.add_argument(
         "--oxidicom-src",
         type=Path,
         default=None,
@@ -699,6 +721,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if missing:
             p.error(f"--only: {missing} match no receiver; ids: {[d.key for d in defs]}")
         defs = chosen
+    else:  # the variants with parts removed are for bench/profile.py: only when named
+        defs = [d for d in defs if not d.variant]
     args.defs = defs
     if args.list:
         for d in receiver_defs_all(procs):
@@ -779,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
                 if rec.get("commit_latency_ms"):
                     lat = [x for x in rec["commit_latency_ms"] if x is not None]
                     extra = f", release->last row max {max(lat):.1f} ms" if lat else ""
+                if rec.get("rows_per_batch"):
+                    extra = f", {rec['rows_per_batch']:.0f} rows/batch" + extra
                 if rec.get("db_net_cpu_s_per_1k") is not None:
                     extra = f", incl. PG {rec['total_cpu_s_per_1k']:.3f} s/1k" + extra
                 log(

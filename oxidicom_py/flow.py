@@ -68,9 +68,7 @@ class AssociationFlow:
 
     def stored(self, row: PacsFileRow) -> None:
         series = self.series
-        future = self.pipeline.registrar.submit(row, series.registering(row) if series is not None else None)
-        if series is not None:
-            series.registered(row, future)
+        future = series.submit(row) if series is not None else self.pipeline.registrar.submit(row)
         if self.registrations is not None:
             self.registrations.append(future)
 

@@ -138,6 +138,7 @@ class AssociationSeries:
         self.series: dict[str, _Series] = {}
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
         self.address = tracker.cfind.pacs_address.get(info.calling_ae)
+        self._current: _Series | None = None
 
     def _no_address(self) -> None:
         """Said once per calling AE title at warning level (then at debug): every association of
@@ -146,7 +147,8 @@ class AssociationSeries:
         self.log.log(level, "OXIDICOM_PACS_ADDRESS has no entry for this calling AE title: counts are unknown")
 
     def attempted(self, row: PacsFileRow) -> None:
-        """An instance of this association passed validation (it counts in the push count)."""
+        """An instance of this association passed validation (it counts in the push count).
+        Its :meth:`submit`, if it is stored, follows before the association's next instance."""
         folder = posixpath.dirname(row.fname)
         s = self.series.get(folder)
         if s is None:
@@ -163,6 +165,7 @@ class AssociationSeries:
                 self._no_address()
             s.count_task = self.tracker.spawn(self._ask(s))
         s.attempted += 1
+        self._current = s
         if (
             s.count is not None
             and s.attempted > s.count
@@ -173,24 +176,26 @@ class AssociationSeries:
             # more arrived than the PACS said: it may still be receiving the series, ask again
             s.count_task = self.tracker.spawn(self._ask(s))
 
-    def registering(self, row: PacsFileRow) -> InTransaction | None:
-        """The SQL to run with this instance's row (the first of a series opens it in progress)."""
-        s = self.series[posixpath.dirname(row.fname)]
-        if s.started_registered:
-            return None
-        s.started_registered = True
-        return functools.partial(
-            progress.association_started,
-            pacs=s.pacs,
-            series=s.series_uid,
-            study=s.study_uid,
-            patient=s.patient_id,
-            ulid=self.info.ulid,
-            called=self.info.called_ae,
-        )
-
-    def registered(self, row: PacsFileRow, future: asyncio.Future[bool]) -> None:
-        self.series[posixpath.dirname(row.fname)].rows.append(future)
+    def submit(self, row: PacsFileRow) -> asyncio.Future[bool]:
+        """Register the row of the instance :meth:`attempted` last: with the SQL that opens its
+        series in progress if it is the series' first; its commit is awaited at the end."""
+        s = self._current
+        assert s is not None, "submit follows attempted"
+        extra: InTransaction | None = None
+        if not s.started_registered:
+            s.started_registered = True
+            extra = functools.partial(
+                progress.association_started,
+                pacs=s.pacs,
+                series=s.series_uid,
+                study=s.study_uid,
+                patient=s.patient_id,
+                ulid=self.info.ulid,
+                called=self.info.called_ae,
+            )
+        future = self.tracker.registrar.submit(row, extra)
+        s.rows.append(future)
+        return future
 
     def ended(self, outcome: str) -> None:
         released = outcome == "released"

@@ -134,18 +134,36 @@ def encode_command(elements: dict[int, int | str]) -> bytes:
     return _ELEMENT.pack(0, 0, 4) + struct.pack("<L", len(body)) + body
 
 
+_US_ELEMENT = struct.Struct("<HHLH")
+_RSP_FIELDS = _US_ELEMENT.pack(0, COMMAND_FIELD, 2, C_STORE_RSP)
+_RSP_NO_DATA_SET = _US_ELEMENT.pack(0, COMMAND_DATA_SET_TYPE, 2, NO_DATA_SET)
+_GROUP_LENGTH = struct.Struct("<HHLL")
+
+
+def _uid_element(elem: int, uid: str) -> bytes:
+    raw = uid.encode("ascii", "replace")
+    if len(raw) % 2:
+        raw += b"\x00"
+    return _ELEMENT.pack(0, elem, len(raw)) + raw
+
+
 def store_response(request: Command, status: int, error_comment: str = "") -> bytes:
-    elements: dict[int, int | str] = {
-        AFFECTED_SOP_CLASS_UID: request.affected_sop_class,
-        COMMAND_FIELD: C_STORE_RSP,
-        MESSAGE_ID_RESPONDED_TO: request.message_id,
-        COMMAND_DATA_SET_TYPE: NO_DATA_SET,
-        STATUS: status,
-        AFFECTED_SOP_INSTANCE_UID: request.affected_sop_instance,
-    }
-    if error_comment:
-        elements[ERROR_COMMENT] = error_comment[:64]
-    return encode_command(elements)
+    """The C-STORE-RSP command set, its elements written in tag order directly (once per
+    instance: no dict, no sort; the same bytes as :func:`encode_command` would make)."""
+    body = b"".join(
+        (
+            _uid_element(AFFECTED_SOP_CLASS_UID, request.affected_sop_class),
+            _RSP_FIELDS,
+            _US_ELEMENT.pack(0, MESSAGE_ID_RESPONDED_TO, 2, request.message_id),
+            _RSP_NO_DATA_SET,
+            _US_ELEMENT.pack(0, STATUS, 2, status),
+            _ELEMENT.pack(0, ERROR_COMMENT, len(c)) + c
+            if (c := _encode_value(ERROR_COMMENT, error_comment[:64]) if error_comment else b"")
+            else b"",
+            _uid_element(AFFECTED_SOP_INSTANCE_UID, request.affected_sop_instance),
+        )
+    )
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
 
 
 def echo_response(request: Command) -> bytes:

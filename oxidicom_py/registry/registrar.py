@@ -3,9 +3,9 @@
 Scheduling (all on the event loop thread):
 
 * submitted rows wait in a buffer; a batch of up to ``batch_size`` rows is cut when the
-  buffer holds a full batch, when its oldest row has waited ``linger`` seconds, or when
-  closing -- and only when fewer than ``max_concurrent_batches`` batches are in flight, so
-  under load batches fill up instead of queueing as many small ones;
+  buffer holds a full batch, when its oldest row has waited ``linger`` seconds (a few times
+  longer once it holds several rows: :func:`~oxidicom_py.registry.batch_items.due_at`), or
+  when closing or flushed -- and only when fewer than ``max_concurrent_batches`` are in flight;
 * each batch is a task: fit values to the columns, merge duplicate fnames, sort by fname, then
   one transaction (PACS upsert, one multi-row ``INSERT ... ON CONFLICT (fname) DO NOTHING``, the
   rows' extra SQL); with nothing but the insert to do, one autocommitted statement;
@@ -44,6 +44,7 @@ from oxidicom_py.registry.batch_items import (
     InTransaction,
     Item,
     OnInserted,
+    due_at,
     has_extras,
 )
 from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
@@ -230,7 +231,7 @@ class Registrar:
         if self._abandoned:
             return
         while self._buffer and len(self._in_flight) < self._max_batches:
-            due = self._buffer[0].enqueued + self._linger - _LINGER_TOLERANCE
+            due = due_at(self._buffer[0].enqueued, len(self._buffer), self._linger) - _LINGER_TOLERANCE
             urgent = self._closing or self._flush_pending > 0
             if len(self._buffer) < self._batch_size and not urgent and loop.time() < due:
                 break
@@ -245,7 +246,7 @@ class Registrar:
     def _arm_timer(self) -> None:
         loop = self._require_loop()
         want = bool(self._buffer) and len(self._in_flight) < self._max_batches
-        deadline = self._buffer[0].enqueued + self._linger if want else 0.0
+        deadline = due_at(self._buffer[0].enqueued, len(self._buffer), self._linger) if want else 0.0
         if self._timer is not None and (not want or deadline != self._timer_at):
             self._timer.cancel()
             self._timer = None

@@ -112,6 +112,7 @@ class AssociationStorage:
         metrics.ASSOCIATIONS_ACTIVE.inc()
         self._started = time.monotonic()
         self.observer = ingest.observe(info) if ingest.observe is not None else None
+        self._loop = asyncio.get_running_loop()
 
     def begin_instance(self, command: dimse.Command, context: AcceptedContext) -> IncomingInstance:
         self.counts.received += 1
@@ -123,6 +124,25 @@ class AssociationStorage:
         self._outcome = outcome
         if self._inflight == 0:
             self._finish()
+
+    def hand_on_after_response(self, path: str, values: dict[str, str | None], study_date: dt.date) -> None:
+        """The file is in place and answered Success: build its row and tell the observer on the
+        loop's next turn, after the C-STORE-RSP is written (the sender does not wait for the
+        Python that only registration needs). The association's end waits for it."""
+        if self.observer is None:
+            return
+        self._inflight += 1
+        self._loop.call_soon(self._hand_on, path, values, study_date)
+
+    def _hand_on(self, path: str, values: dict[str, str | None], study_date: dt.date) -> None:
+        try:
+            row = make_row(path, self.info.calling_ae, values, study_date, self.info.ulid)
+            assert self.observer is not None
+            self.observer.validated(row)
+            self.observer.stored(row)
+            self.log.debug("stored", extra={"path": path})
+        finally:
+            self._commit_done()
 
     def _commit_started(self) -> None:
         self._inflight += 1
@@ -280,18 +300,24 @@ class IncomingInstance:
                     "unshortened_length": len(instance_path(aet, values)),
                 },
             )
-        row = make_row(path, aet, values, study_date, self.store.info.ulid)
-        if self.store.observer is not None:
-            self.store.observer.validated(row)
-        files = self.store.ingest.files
-        if files.fsync and self.store.ingest.executor is not None:
+        store = self.store
+        if store.ingest.files.fsync and store.ingest.executor is not None:
+            row = make_row(path, aet, values, study_date, store.info.ulid)
+            if store.observer is not None:
+                store.observer.validated(row)
             return self._commit_in_executor(staged, path, row)
         try:
             staged.commit(path)
         except OSError as e:
+            if store.observer is not None:  # it still counts as attempted
+                store.observer.validated(make_row(path, aet, values, study_date, store.info.ulid))
             self._fail(f"cannot publish the file: {e}")
             return self._failed()
-        return self._stored(row)
+        store.counts.stored += 1
+        store.m_stored.inc()
+        self.staged = None
+        store.hand_on_after_response(path, values, study_date)
+        return _SUCCESS
 
     async def _commit_in_executor(self, staged: StagedFile, path: str, row: PacsFileRow) -> StoreResult:
         loop = asyncio.get_running_loop()
@@ -313,8 +339,7 @@ class IncomingInstance:
         self.staged = None
         if store.observer is not None:
             store.observer.stored(row)
-        self.store.log.debug("stored", extra={"path": row.fname})
-        return StoreResult(dimse.SUCCESS)
+        return _SUCCESS
 
     def _values(self) -> dict[str, str | None]:
         return values_of(self._raw, self.staged.path if self.staged else None)
@@ -332,6 +357,7 @@ class IncomingInstance:
 
 
 FNAME_MAX = COLUMN_LIMITS["fname"]
+_SUCCESS = StoreResult(dimse.SUCCESS)
 
 
 def check_required(values: dict[str, str | None]) -> tuple[str | None, dt.date | None]:

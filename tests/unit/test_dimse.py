@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from oxidicom_py.dicom import dimse
 
@@ -76,3 +78,35 @@ def test_every_request_but_c_cancel_has_its_own_response_type(field: int) -> Non
 
 def test_an_unknown_command_field_has_no_response() -> None:
     assert dimse.failure_response(dimse.Command(0x0777, 1, dimse.NO_DATA_SET, MR, ""), 0x0211) is None
+
+
+@given(
+    sop_class=st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,8}){0,12}", fullmatch=True),
+    sop_instance=st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,8}){0,12}", fullmatch=True),
+    message_id=st.integers(0, 0xFFFF),
+    status=st.integers(0, 0xFFFF),
+    comment=st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80),
+)
+def test_the_direct_store_response_is_the_generic_encoding(
+    sop_class: str, sop_instance: str, message_id: int, status: int, comment: str
+) -> None:
+    """store_response writes its elements in tag order without a dict; the bytes must be what
+    the generic encoder makes of the same elements."""
+    request = dimse.Command(
+        command_field=dimse.C_STORE_RQ,
+        message_id=message_id,
+        data_set_type=0,
+        affected_sop_class=sop_class,
+        affected_sop_instance=sop_instance,
+    )
+    elements: dict[int, int | str] = {
+        dimse.AFFECTED_SOP_CLASS_UID: sop_class,
+        dimse.COMMAND_FIELD: dimse.C_STORE_RSP,
+        dimse.MESSAGE_ID_RESPONDED_TO: message_id,
+        dimse.COMMAND_DATA_SET_TYPE: dimse.NO_DATA_SET,
+        dimse.STATUS: status,
+        dimse.AFFECTED_SOP_INSTANCE_UID: sop_instance,
+    }
+    if comment:
+        elements[dimse.ERROR_COMMENT] = comment[:64]
+    assert dimse.store_response(request, status, comment) == dimse.encode_command(elements)
