@@ -14,7 +14,7 @@ from pathlib import Path
 from oxidicom_py.dicom.contexts import dataset_encoding
 from oxidicom_py.record import PacsFileRow
 from oxidicom_py.storage import header
-from oxidicom_py.storage.ingest import check_required, make_row, values_of
+from oxidicom_py.storage.instance_record import check_required, make_row, values_of
 
 _HEAD = 1 << 20
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}

@@ -38,7 +38,7 @@ from oxidicom_py.record import COLUMN_LIMITS, PacsFileRow
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.storage import header
-from oxidicom_py.storage.ingest import make_row, values_with_pydicom
+from oxidicom_py.storage.instance_record import make_row, values_with_pydicom
 from oxidicom_py.storage.naming import first_value
 from oxidicom_py.storage.part10 import file_header
 from oxidicom_py.storage.patient_age import parse_patient_age
