@@ -239,7 +239,8 @@ def _top_frames(raw: str, top: int) -> str:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")[1:]]
+        # "function (path/file.py:line)" -> "function file.py": one row per function, not per line
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")").split(":")[0] for f in stack.split(";")[1:]]
         if not frames:
             continue
         total += count
