@@ -70,7 +70,7 @@ class ReceiveSettings:
         shown="`20`",
         doc=(
             "How long a partial batch may wait for more rows before it is committed anyway (a batch "
-            "already holding 8 rows, i.e. under load, waits up to 5 times as long to fill)."
+            "already holding 4 rows, i.e. under load, waits up to 5 times as long to fill)."
         ),
         ours=True,
     )

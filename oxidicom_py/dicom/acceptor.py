@@ -111,7 +111,7 @@ class AcceptorMachine(PduFraming):
         if self.state == STA6_ESTABLISHED:
             response = dimse.store_response(command, result.status, result.comment)
             self._out += pdu.encode_p_data(self._instance_context, response, command=True)
-        while self._pending and self._awaiting_result is None and self.state not in (STA1_IDLE, STA13_AWAIT_CLOSE):
+        while self._pending and not self.awaiting_result and self.state not in (STA1_IDLE, STA13_AWAIT_CLOSE):
             data = self._pending.pop(0)
             if not self._in_pdu():
                 self._pdu_begun_at = now

@@ -76,7 +76,7 @@ class CreationDates:
         return now
 
 
-LOAD_ROWS: Final = 8
+LOAD_ROWS: Final = 4
 """A partial batch holding this many rows is filling under load, not a trickle."""
 LOAD_LINGER: Final = 5
 """Under load, a partial batch waits up to this many times the linger for more rows."""

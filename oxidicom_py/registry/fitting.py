@@ -64,8 +64,49 @@ def parse_birth_date(raw: str | None) -> tuple[dt.date | None, bool]:
         return None, True
 
 
+_TEXT_LIMITS: Final = tuple((name, COLUMN_LIMITS[name]) for name in TEXT_COLUMNS)
+
+
 def fit_row(row: PacsFileRow, logger: logging.Logger) -> DbRow:
-    """Make every value of ``row`` acceptable to its column, logging each change."""
+    """Make every value of ``row`` acceptable to its column, logging each change.
+
+    Nearly every row is already acceptable (the receive path fits its key columns, and most
+    values are short ASCII): that is checked first, once per value, without building anything."""
+    values = [getattr(row, name) for name, _ in _TEXT_LIMITS]
+    age, birth = row.PatientAge, row.PatientBirthDate
+    if (
+        all(
+            type(v) is str and v.isascii() and "\x00" not in v and len(v) <= limit
+            for v, (_, limit) in zip(values, _TEXT_LIMITS, strict=True)
+        )
+        and (age is None or INT4_MIN <= age <= INT4_MAX)
+        and (birth is None or (type(birth) is str and len(birth) == 8 and birth.isdigit()))
+        and type(row.StudyDate) is dt.date
+        and row.pacs_identifier.isascii()
+        and "\x00" not in row.pacs_identifier
+        and len(row.pacs_identifier) <= PACS_IDENTIFIER_MAX
+    ):
+        birth_date = None
+        if birth is not None:
+            try:
+                birth_date = dt.date(int(birth[:4]), int(birth[4:6]), int(birth[6:]))
+            except ValueError:
+                return _fit_row_slowly(row, logger)
+        return DbRow(
+            *values[:7],  # fname .. SeriesDescription, in DbRow's order
+            PatientAge=age,
+            PatientBirthDate=birth_date,
+            PatientSex=values[7],
+            Modality=values[8],
+            ProtocolName=values[9],
+            StudyDate=row.StudyDate,
+            AccessionNumber=values[10],
+            pacs_identifier=row.pacs_identifier,
+        )
+    return _fit_row_slowly(row, logger)
+
+
+def _fit_row_slowly(row: PacsFileRow, logger: logging.Logger) -> DbRow:
 
     def warn(message: str, **fields: object) -> None:
         logger.warning(message, extra={**log_fields(row), **fields})
