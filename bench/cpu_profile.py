@@ -156,7 +156,7 @@ def storage_path(files: list[Path], profile_top: int = 0) -> dict[str, Any]:
     data, n = _stream(files)
     root = Path(tempfile.mkdtemp(prefix="oxidicom-profile-", dir="/dev/shm"))
     config = AcceptorConfig(ae_title="RECV", max_pdu_length=MAX_PDU, strict=False, policy=AcceptancePolicy())
-    profiler = cProfile.Profile() if profile_top else None
+    profiler: cProfile.Profile | None = None
 
     async def feed() -> float:
         stage = StorageStage(FilesRoot(root, fsync=False), None, lambda _info: _Rows())
@@ -179,10 +179,13 @@ def storage_path(files: list[Path], profile_top: int = 0) -> dict[str, Any]:
 
     try:
         spent = asyncio.run(feed())
-        if profiler is None:  # the least of 3: this machine's neighbours only ever add time
-            for _ in range(2):
-                shutil.rmtree(root / "SERVICES", ignore_errors=True)
-                spent = min(spent, asyncio.run(feed()))
+        for _ in range(2):  # the least of 3: this machine's neighbours only ever add time
+            shutil.rmtree(root / "SERVICES", ignore_errors=True)
+            spent = min(spent, asyncio.run(feed()))
+        if profile_top:  # a separate run under the profiler (its overhead stays out of the figure)
+            shutil.rmtree(root / "SERVICES", ignore_errors=True)
+            profiler = cProfile.Profile()
+            asyncio.run(feed())
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out: dict[str, Any] = {"instances": n, "cpu_ms_per_instance": spent / n * 1000}
