@@ -143,3 +143,13 @@ def wait_until() -> Callable[..., None]:
 @pytest.fixture
 def wait_until_async() -> Callable[..., Awaitable[None]]:
     return _wait_until_async
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``OXIDICOM_EXPECT_COMPILED=1`` (scripts/test_compiled.sh): refuse to test the pure-Python
+    package by mistake (this checkout's sources shadowing the compiled install)."""
+    if os.environ.get("OXIDICOM_EXPECT_COMPILED") == "1":
+        import oxidicom_py.dicom.pdu as pdu
+
+        if not str(pdu.__file__).endswith(".so"):
+            raise pytest.UsageError(f"OXIDICOM_EXPECT_COMPILED=1 but oxidicom_py comes from {pdu.__file__}")

@@ -49,20 +49,10 @@ counted AS (
     WHERE pacs.identifier <> %b
     GROUP BY pacs.identifier, ins."SeriesInstanceUID"
     ORDER BY pacs.identifier, ins."SeriesInstanceUID"
-    ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
-        received = p.received + EXCLUDED.received,
-        first_received = coalesce(p.first_received, EXCLUDED.first_received),
-        last_received = EXCLUDED.last_received,
-        state = 'receiving',
-        completed = NULL,
-        end_reason = NULL,
-        updated = now()
+    {progress.COUNT_ON_CONFLICT}
 )
 SELECT fname FROM ins
 """
-"""Instances arriving keep (or put back) their series in ``receiving``, as in
-:mod:`oxidicom_py.completion.progress`: a series ends only when its last open association ends,
-or by quiescence."""
 
 
 async def insert_counted(

@@ -41,11 +41,7 @@ log = logging.getLogger("oxidicom_py.completion")
 
 _KEY_COLUMNS = 'pacs_identifier, "SeriesInstanceUID", "StudyInstanceUID", "PatientID"'
 
-_COUNT_INSERTED: Final = f"""
-INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, received, first_received, last_received, updated)
-SELECT u.pacs, u.series, u.study, u.patient, u.n, now(), now(), now()
-FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[]) AS u(pacs, series, study, patient, n)
-ORDER BY u.pacs, u.series
+COUNT_ON_CONFLICT: Final = """
 ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     received = p.received + EXCLUDED.received,
     first_received = coalesce(p.first_received, EXCLUDED.first_received),
@@ -55,9 +51,17 @@ ON CONFLICT (pacs_identifier, "SeriesInstanceUID") DO UPDATE SET
     end_reason = NULL,
     updated = now()
 """
-"""Instances arriving keep (or put back) their series in ``receiving``: a series only ends
+"""How newly inserted instances count in their series' row (``p``), whichever statement inserts
+them. Instances arriving keep (or put back) their series in ``receiving``: a series only ends
 when its last open association ends, or by quiescence. Reaching ``expected`` mid-way does not
 end it: a PACS that is still receiving the series answers a count that grows (CUSTOM_SPEC.md)."""
+
+_COUNT_INSERTED: Final = f"""
+INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, received, first_received, last_received, updated)
+SELECT u.pacs, u.series, u.study, u.patient, u.n, now(), now(), now()
+FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::int[]) AS u(pacs, series, study, patient, n)
+ORDER BY u.pacs, u.series
+{COUNT_ON_CONFLICT}"""
 
 _ASSOCIATION_STARTED: Final = f"""
 INSERT INTO {PROGRESS_TABLE} AS p ({_KEY_COLUMNS}, open_associations, called_ae)
