@@ -8,8 +8,9 @@ fallback whenever they are not, or the compilation fails. Never compiled:
   win over every later edit of that source;
 * with ``OXIDICOM_PURE_PYTHON=1``.
 
-Measured (docs/benchmark.md, 2026-12-02): +5 % to +20 % throughput and -4 % to -18 % CPU per
-instance on the receive benchmark. ``python -c "import oxidicom_py.dicom.pdu as m; print(m.__file__)"``
+Measured (docs/benchmark.md, 2026-12-02): +5 % to +14 % throughput and 6-13 % less CPU per
+instance with one association; within the noise with four.
+``python -c "import oxidicom_py.dicom.pdu as m; print(m.__file__)"``, run outside the checkout,
 shows which one is installed (``.so``: compiled).
 """
 
