@@ -16,11 +16,14 @@ shows which one is installed (``.so``: compiled).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import sysconfig
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 COMPILED = [
     "oxidicom_py/dicom/pdu.py",
@@ -49,6 +52,9 @@ def ext_modules() -> list[object]:
     if shutil.which(os.environ.get("CC", "cc")) is None:
         _say("no C compiler: pure Python")
         return []
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        _say("no Python headers (Python.h; Debian: python3-dev): pure Python")
+        return []
     try:
         from mypyc.build import mypycify
     except ImportError:
@@ -63,4 +69,20 @@ def ext_modules() -> list[object]:
     return list(modules)
 
 
-setup(ext_modules=ext_modules())
+class BuildExtOrPure(build_ext):
+    """A compiler that fails (a missing library, an odd platform) leaves the pure package: every
+    extension already built is removed again (the modules share one mypyc runtime library, so a
+    partly compiled package would not import)."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as e:
+            _say(f"compiling failed ({type(e).__name__}: {e}): pure Python")
+            for ext in self.extensions:
+                with contextlib.suppress(OSError):
+                    os.remove(self.get_ext_fullpath(ext.name))
+            self.extensions = []
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildExtOrPure})

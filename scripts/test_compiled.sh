@@ -12,6 +12,12 @@ if ! command -v cc >/dev/null 2>&1; then
   echo "installing a C compiler (gcc) for mypyc"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq gcc >/dev/null
 fi
+if ! .venv/bin/python -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing the Python headers (python3-dev) for mypyc"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-dev >/dev/null
+fi
 root=$(pwd)
 fresh=0
 if [ ! -x .venv-compiled/bin/python ]; then
