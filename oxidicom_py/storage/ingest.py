@@ -144,6 +144,11 @@ class AssociationStorage:
             self.observer.validated(row)
             self.observer.stored(row)
             self.log.debug("stored", extra={"path": path})
+        except Exception:  # a bug: the file is safe and answered; reconciliation registers it
+            self.log.exception(
+                "instance stored but not handed to registration (reconciliation at the next start registers it)",
+                extra={"file": path.rsplit("/", 1)[-1]},
+            )
         finally:
             self._commit_done()
 
