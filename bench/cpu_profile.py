@@ -73,6 +73,8 @@ def _associate_rq(contexts: dict[tuple[str, str], int]) -> bytes:
 
 def _stream(files: list[Path]) -> tuple[bytes, int]:
     """What a storescu would send for ``files`` (one association), and the number of instances."""
+    import pydicom
+
     from oxidicom_py.dicom import dimse, pdu
 
     parts: list[bytes] = []
@@ -81,8 +83,6 @@ def _stream(files: list[Path]) -> tuple[bytes, int]:
         raw = path.read_bytes()
         (meta_length,) = struct.unpack_from("<L", raw, 132 + 8)
         meta_end = 132 + 12 + meta_length
-        import pydicom
-
         meta = pydicom.dcmread(path, stop_before_pixels=True)
         sop_class, sop_instance = str(meta.SOPClassUID), str(meta.SOPInstanceUID)
         syntax = str(meta.file_meta.TransferSyntaxUID)

@@ -245,18 +245,15 @@ class Running:
         """
         kind = self.rdef.kind
         if kind == "oxidicom":
-            import psycopg
-
             files = count_files(self.out_dir / "SERVICES" / "PACS" / SENDER_AET, ".dcm")
             if not self.rdef.registers:
                 return {"files": files}
-            with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
-                    " WHERE p.identifier = %s",
-                    (SENDER_AET,),
-                ).fetchone()
-            return {"files": files, "rows": int(row[0]) if row else 0}
+            ((rows,),) = self._query(
+                "SELECT count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
+                " WHERE p.identifier = %s",
+                (SENDER_AET,),
+            )
+            return {"files": files, "rows": int(rows)}
         if kind == "orthanc":
             stats = self.orthanc_get("/statistics")
             return {"orthanc_instances": int(stats.get("CountInstances", -1))}
@@ -264,36 +261,34 @@ class Running:
 
     def count_other_rows(self) -> dict[str, int]:
         """oxidicom_py: rows per PACS identifier other than the sender's (e.g. completion markers)."""
-        import psycopg
-
-        with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT p.identifier, count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
-                " WHERE p.identifier <> %s GROUP BY p.identifier",
-                (SENDER_AET,),
-            ).fetchall()
+        rows = self._query(
+            "SELECT p.identifier, count(*) FROM pacsfiles_pacsfile f JOIN pacsfiles_pacs p ON p.id = f.pacs_id"
+            " WHERE p.identifier <> %s GROUP BY p.identifier",
+            (SENDER_AET,),
+        )
         return {str(k): int(v) for k, v in rows}
 
     def count_batches(self) -> int:
         """oxidicom_py: registration transactions that inserted instance rows (each batch's rows
         share one creation_date, unique per batch)."""
+        ((batches,),) = self._query(
+            "SELECT count(DISTINCT f.creation_date) FROM pacsfiles_pacsfile f"
+            " JOIN pacsfiles_pacs p ON p.id = f.pacs_id WHERE p.identifier = %s",
+            (SENDER_AET,),
+        )
+        return int(batches)
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """oxidicom_py: the rows of one query on this run's database."""
         import psycopg
 
         with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(DISTINCT f.creation_date) FROM pacsfiles_pacsfile f"
-                " JOIN pacsfiles_pacs p ON p.id = f.pacs_id WHERE p.identifier = %s",
-                (SENDER_AET,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+            return conn.execute(sql, params).fetchall()
 
     def count_jobs(self) -> int:
         """oxidicom_py with rules: the jobs its series ends deferred (the A/B is void without them)."""
-        import psycopg
-
-        with psycopg.connect(self.db_uri or "", autocommit=True) as conn:
-            row = conn.execute("SELECT count(*) FROM oxidicom_jobs").fetchone()
-        return int(row[0]) if row else 0
+        ((jobs,),) = self._query("SELECT count(*) FROM oxidicom_jobs")
+        return int(jobs)
 
     def orthanc_get(self, path: str) -> dict[str, Any]:
         with _NO_PROXY.open(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:

@@ -150,6 +150,10 @@ def _uid_element(elem: int, uid: str) -> bytes:
 def store_response(request: Command, status: int, error_comment: str = "") -> bytes:
     """The C-STORE-RSP command set, its elements written in tag order directly (once per
     instance: no dict, no sort; the same bytes as :func:`encode_command` would make)."""
+    comment = b""
+    if error_comment:
+        raw = _encode_value(ERROR_COMMENT, error_comment[:64])
+        comment = _ELEMENT.pack(0, ERROR_COMMENT, len(raw)) + raw
     body = b"".join(
         (
             _uid_element(AFFECTED_SOP_CLASS_UID, request.affected_sop_class),
@@ -157,9 +161,7 @@ def store_response(request: Command, status: int, error_comment: str = "") -> by
             _US_ELEMENT.pack(0, MESSAGE_ID_RESPONDED_TO, 2, request.message_id),
             _RSP_NO_DATA_SET,
             _US_ELEMENT.pack(0, STATUS, 2, status),
-            _ELEMENT.pack(0, ERROR_COMMENT, len(c)) + c
-            if (c := _encode_value(ERROR_COMMENT, error_comment[:64]) if error_comment else b"")
-            else b"",
+            comment,
             _uid_element(AFFECTED_SOP_INSTANCE_UID, request.affected_sop_instance),
         )
     )

@@ -74,15 +74,15 @@ class Listener:
     def _established(self, info: AssociationInfo) -> AssociationHandler:
         return _Counted(self, self._on_established(info))
 
-    def _protocol(self, release: Callable[[], None]) -> AssociationProtocol:
-        protocol = AssociationProtocol(self.config, self._established, self._admission)
-        protocol.on_lost = release
-        return protocol
+    def _protocols(self, kind: type[AssociationProtocol]) -> Callable[[Callable[[], None]], AssociationProtocol]:
+        """The accept loop's factory: a ``kind`` protocol that calls ``release`` when it is lost."""
 
-    def _tls_protocol(self, release: Callable[[], None]) -> AssociationProtocol:
-        protocol = _TlsAssociationProtocol(self.config, self._established, self._admission)
-        protocol.on_lost = release
-        return protocol
+        def make(release: Callable[[], None]) -> AssociationProtocol:
+            protocol = kind(self.config, self._established, self._admission)
+            protocol.on_lost = release
+            return protocol
+
+        return make
 
     async def start(self, host: str, port: int, ssl: _ssl.SSLContext | None = None) -> tuple[str, int]:
         """Bind and listen on ``host:port`` (port 0: any free port); TLS when ``ssl`` is given."""
@@ -102,7 +102,7 @@ class Listener:
         """
         self.accepting = AcceptLoop(
             sock,
-            self._protocol if ssl is None else self._tls_protocol,
+            self._protocols(AssociationProtocol if ssl is None else _TlsAssociationProtocol),
             self.balance,
             ssl=ssl,
             handshake_timeout=self.config.artim_timeout,

@@ -80,7 +80,7 @@ def fit_row(row: PacsFileRow, logger: logging.Logger) -> DbRow:
             for v, (_, limit) in zip(values, _TEXT_LIMITS, strict=True)
         )
         and (age is None or INT4_MIN <= age <= INT4_MAX)
-        and (birth is None or (type(birth) is str and len(birth) == 8 and birth.isdigit()))
+        and (birth is None or (type(birth) is str and len(birth) == 8 and birth.isascii() and birth.isdigit()))
         and type(row.StudyDate) is dt.date
         and row.pacs_identifier.isascii()
         and "\x00" not in row.pacs_identifier

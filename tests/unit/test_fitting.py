@@ -13,6 +13,7 @@ from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry.fitting import _fit_row_slowly, fit_row
 
 LOG = logging.getLogger("tests.fitting")
+FULLWIDTH_DATE = "".join(chr(0xFF10 + int(d)) for d in "20090701")
 
 _ascii = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
 texts = st.one_of(  # mostly acceptable values, so that the fast path is taken often
@@ -28,7 +29,8 @@ birth_dates = st.one_of(
     st.none(),
     st.none(),
     st.from_regex(r"[0-9]{8}", fullmatch=True),
-    st.sampled_from(["2009-07-01", "20090231", " 20090701", "2009070", "", "19000101\x00"]),
+    # fullwidth digits: str.isdigit() says yes, the careful path's ASCII pattern says no
+    st.sampled_from(["2009-07-01", "20090231", " 20090701", "2009070", "", "19000101\x00", FULLWIDTH_DATE]),
 )
 
 
@@ -97,3 +99,17 @@ def test_a_typical_row_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
     )
     fitted = fitting.fit_row(row, LOG)
     assert fitted.PatientBirthDate == dt.date(2009, 7, 1) and fitted.fname == row.fname
+
+
+def test_fullwidth_digits_are_not_a_birth_date() -> None:
+    """str.isdigit() accepts them; the careful path's ASCII pattern does not (NULL, with a warning)."""
+    row = PacsFileRow(
+        fname="f.dcm",
+        pacs_identifier="ORTHANC",
+        PatientID="P",
+        StudyDate=dt.date(2013, 3, 8),
+        StudyInstanceUID="1.2",
+        SeriesInstanceUID="1.2.3",
+        PatientBirthDate=FULLWIDTH_DATE,
+    )
+    assert fit_row(row, LOG).PatientBirthDate is None
