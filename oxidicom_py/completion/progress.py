@@ -11,7 +11,9 @@ Every change runs inside a registration transaction (see :class:`Registrar`'s ``
   the series ends: ``complete`` if ``received >= expected`` (or, with no count, if the
   association was released normally), ``incomplete`` otherwise;
 * ``received == expected`` completes a series at once; a quiescence sweep ends series that
-  stopped receiving (a PACS that never releases, or a receiver that crashed).
+  stopped receiving (a PACS that never releases, or a receiver that crashed): ``complete``
+  only when the PACS' count was reached, ``incomplete`` otherwise (a later release of the
+  association may still complete it).
 
 Every statement is idempotent except the ``received`` increment, which only ever counts rows
 its own transaction inserted. State changes are announced by the table's NOTIFY trigger.
@@ -129,7 +131,8 @@ WITH quiet AS (
     FOR UPDATE SKIP LOCKED  -- a row a registration holds is swept next round: never a lock cycle
 )
 UPDATE {PROGRESS_TABLE} AS p SET
-    state = CASE WHEN p.expected IS NULL OR p.received >= p.expected THEN 'complete' ELSE 'incomplete' END,
+    -- quiet with no count proves nothing (a receiver that crashed mid-push goes quiet too)
+    state = CASE WHEN p.expected IS NOT NULL AND p.received >= p.expected THEN 'complete' ELSE 'incomplete' END,
     completed = now(),
     open_associations = '{{}}',
     end_reason = 'quiescence',
@@ -207,11 +210,14 @@ async def lock_series(conn: psycopg.AsyncConnection, rows: Sequence[DbRow]) -> N
 
 
 def _ended(rows: Sequence[tuple[str, str, str, str | None, str | None]]) -> list[SeriesEnded]:
-    """The series these statement results ended: left ``receiving`` in this statement."""
+    """The series these statement results ended: left ``receiving`` in this statement, or
+    turned from ``incomplete`` to ``complete`` (a quiescence end with no count, then the
+    release of the association that was still delivering it)."""
     return [
         SeriesEnded(pacs, series, state, reason or "released")
         for pacs, series, state, reason, before in rows
-        if state in ("complete", "incomplete") and before in ("receiving", None)
+        if (state in ("complete", "incomplete") and before in ("receiving", None))
+        or (state == "complete" and before == "incomplete")
     ]
 
 

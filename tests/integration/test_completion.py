@@ -163,7 +163,8 @@ def test_quiescence_ends_a_series_and_a_late_instance_reopens_it(tmp_path: Path,
         scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
         for f in files[:3]:
             assert scu.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
-        wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="quiescence")
+        # no count: quiet proves nothing (a crashed receiver host is quiet too), so incomplete
+        wait_until(lambda: (p := progress()) is not None and p["state"] == "incomplete", 20, what="quiescence")
         p = progress()
         assert p is not None and (p["received"], p["expected"], p["open_associations"]) == (3, None, [])
         assert p["end_reason"] == "quiescence"
@@ -174,4 +175,33 @@ def test_quiescence_ends_a_series_and_a_late_instance_reopens_it(tmp_path: Path,
         wait_until(lambda: (p := progress()) is not None and p["state"] == "complete", 20, what="the release")
         assert progress()["end_reason"] == "released"  # type: ignore[index]
     ended = [(line["state"], line["reason"]) for line in rx.lines if line.get("msg") == "series ended"]
-    assert ended == [("complete", "quiescence"), ("complete", "released")]  # told once per end
+    assert ended == [("incomplete", "quiescence"), ("complete", "released")]  # told once per end
+
+
+def test_quiescence_without_a_count_is_incomplete_until_the_release_completes_it(tmp_path: Path, db_uri: str) -> None:
+    """A quiet series with no count from the PACS ends ``incomplete`` (a crashed receiver host is
+    quiet too); when its association is released later, it turns ``complete`` and that is told as
+    a new end (what processing waits for)."""
+    from harness import RawScu, dataset_bytes, sop_of
+
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=1, slices=2, rows=32, cols=32, seed=98)
+    uid = next(iter(_series_of(files)))
+
+    def state() -> tuple[str, str | None] | None:
+        sql = 'SELECT state, end_reason FROM oxidicom_series_progress WHERE "SeriesInstanceUID" = %s'
+        rows = query(db_uri, sql, uid)
+        return (rows[0]["state"], rows[0]["end_reason"]) if rows else None
+
+    env = _env(db_uri, tmp_path, OXIDICOM_SERIES_QUIESCENCE="0.5", OXIDICOM_LISTENER_PROCESSES="1")
+    with ServeProcess(env, tmp_path) as rx:
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.5.1.4.1.1.4", ["1.2.840.10008.1.2.1"])], called="OXIDICOMTEST")
+        for f in files:
+            assert scu.store(1, *sop_of(f), dataset_bytes(f))[0] == 0
+        wait_until(lambda: state() == ("incomplete", "quiescence"), 20, what="the quiescence end")
+        scu.release()
+        wait_until(lambda: state() == ("complete", "released"), 20, what="the release")
+        wait_until(
+            lambda: sum(1 for line in rx.lines if line.get("msg") == "series ended") >= 2, 10, what="two ends logged"
+        )
+    ended = [(line["state"], line["reason"]) for line in rx.lines if line.get("msg") == "series ended"]
+    assert ended == [("incomplete", "quiescence"), ("complete", "released")]
