@@ -40,7 +40,7 @@ from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.ingest import StorageStage
-from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.storage.writer import FilesRoot, remove_staged, staging_folder, worker_staging
 from oxidicom_py.telemetry import metrics, multiproc, tracing
 
 log = logging.getLogger("oxidicom_py.app")
@@ -56,6 +56,8 @@ class WorkerShare:
     slots: SharedAssociationSlots | None = None
     balance: Balance | None = None
     """Which worker of the pool takes the next connection (None: this process alone)."""
+    staging: str = "main"
+    """This process's staging folder inside the instance's (``w{index}`` in a pool)."""
 
 
 async def make_registrar(settings: Settings, pool: AsyncConnectionPool, db_pool: int) -> Registrar:
@@ -101,7 +103,9 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     pool = runtime.make_pool(db_uri, db_pool)
     await pool.open(wait=True, timeout=runtime.DB_CONNECT_TIMEOUT)
     registrar = await make_registrar(settings, pool, db_pool)
-    files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
+    files = FilesRoot(
+        settings.files_root, fsync=settings.storage_fsync, instance=settings.instance, process=share.staging
+    )
     executor = ThreadPoolExecutor(max_workers=runtime.IO_THREADS, thread_name_prefix="oxidicom-io")
     cfind_executor = ThreadPoolExecutor(max_workers=runtime.CFIND_THREADS, thread_name_prefix="oxidicom-cfind")
     tracker = Tracker(
@@ -301,7 +305,7 @@ async def serve_single(settings: Settings) -> int:
     finally:
         if telemetry is not None:
             await telemetry.stop()
-        await asyncio.to_thread(prepared.stop)
+        await prepared.close()
     log.info("stopped", extra={"clean": clean})
     return 0 if clean else 1
 
@@ -361,10 +365,13 @@ class PoolTarget:
         assert self._reconciler is not None
         self._reconciler.request()  # files a crash left without a row
 
-    def worker_died(self, pid: int) -> int:
+    def worker_died(self, index: int, pid: int) -> int:
         """Clean up after a dead worker; the number of its staged files removed."""
         multiproc.process_died(pid)
-        removed = FilesRoot(self.settings.files_root, fsync=False).clean_staging(pid=pid)
+        removed = remove_staged(
+            staging_folder(self.settings.files_root.resolve(), self.settings.instance, worker_staging(index)),
+            keep_folder=True,
+        )
         assert self._reconciler is not None
         self._reconciler.request()  # rows it had not committed yet
         return removed

@@ -107,6 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     tracing.configure({"oxidicom.role": "worker", "oxidicom.worker": args.index})
     from oxidicom_py import app, runtime
     from oxidicom_py.net.slots import SharedAssociationSlots
+    from oxidicom_py.storage.writer import worker_staging
 
     sock = socket.socket(fileno=args.listen_fd)
     sock.setblocking(False)
@@ -127,6 +128,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     if args.slots_fd >= 0
                     else None,
                     runtime.worker_balance(args.slots_fd, args.index, args.workers) if args.slots_fd >= 0 else None,
+                    worker_staging(args.index),
                 ),
                 on_ready=ready,
             )

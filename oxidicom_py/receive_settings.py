@@ -102,7 +102,8 @@ class ReceiveSettings:
         shown="`$OXIDICOM_STATE_DIR/files`",
         doc=(
             "The backend's storage. Files go to `{FILES_ROOT}/SERVICES/PACS/...`; staging files live in "
-            "`{FILES_ROOT}/.oxidicom-staging` (same filesystem, so the final rename is atomic)."
+            "`{FILES_ROOT}/.oxidicom-staging/{INSTANCE_ID}/` (same filesystem, so the final rename is "
+            "atomic). Several receivers may share it (see `OXIDICOM_INSTANCE_ID`)."
         ),
         derive=lambda v: v["state_dir"] / "files",
     )
@@ -256,7 +257,7 @@ class ReceiveSettings:
         doc=(
             "`asyncio`: our own upper layer on uvloop, streaming each instance to disk. `pynetdicom`: "
             "pynetdicom's SCP as a fallback: slower; each dataset is written to a temporary file in "
-            "`{FILES_ROOT}/.oxidicom-staging` as it arrives, then streamed into storage in 1 MiB chunks "
+            "the worker's staging folder as it arrives, then streamed into storage in 1 MiB chunks "
             "(a 210 MB instance raises the worker's peak memory by 6 MB); it picks the transfer syntax "
             "by its own preference (uncompressed first), not the sender's order, divides "
             "`OXIDICOM_LISTENER_THREADS` between the workers, aborts a C-STORE of a SOP class it does "

@@ -26,9 +26,10 @@ from oxidicom_py.net import balance
 from oxidicom_py.net.server import LISTEN_BACKLOG
 from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.embedded import EmbeddedPostgres
+from oxidicom_py.registry.instances import Instance, InstanceIdInUse, keep_beating, stop_beating
 from oxidicom_py.registry.schema import ensure_schema
 from oxidicom_py.settings import Settings
-from oxidicom_py.storage.writer import FilesRoot
+from oxidicom_py.storage.writer import FilesRoot, staging_folder
 
 if TYPE_CHECKING:
     from oxidicom_py.telemetry.endpoint import Endpoint
@@ -62,19 +63,33 @@ def redact(uri: str) -> str:
 
 @dataclass
 class Prepared:
-    """What every worker shares: the database (schema in place) and a clean staging area."""
+    """What every worker shares: the database (schema in place), this instance's claim on its
+    id (heartbeat running) and a clean staging folder."""
 
     db_uri: str
     embedded: EmbeddedPostgres | None
+    instance: Instance | None = None
+    pool: AsyncConnectionPool | None = None
+    beating: asyncio.Task[None] | None = None
 
-    def stop(self) -> None:
+    async def close(self) -> None:
+        """Leave the instances table (a clean stop), then stop the embedded database."""
+        if self.beating is not None and self.instance is not None and self.pool is not None:
+            await stop_beating(self.beating, self.instance, self.pool)
+        if self.pool is not None:
+            await self.pool.close()
         if self.embedded is not None:
-            self.embedded.stop()
+            await asyncio.to_thread(self.embedded.stop)
 
 
 async def prepare(settings: Settings) -> Prepared:
     embedded: EmbeddedPostgres | None = None
     if settings.db_connection is None:
+        if settings.clustered:
+            raise StartupError(
+                "OXIDICOM_INSTANCE_ID: set, so other receivers may share this one's files root, but the embedded "
+                "database cannot be shared: set OXIDICOM_DB_CONNECTION to the PostgreSQL they all use"
+            )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         embedded = EmbeddedPostgres(settings.pgdata.resolve())
         uri = await asyncio.to_thread(embedded.start)
@@ -82,31 +97,36 @@ async def prepare(settings: Settings) -> Prepared:
     else:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
+    prepared = Prepared(uri, embedded)
     try:
         await check_database(uri, "the embedded database" if embedded is not None else "OXIDICOM_DB_CONNECTION")
-        pool = make_pool(uri, 1)
-        await pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
-        try:
-            async with pool.connection() as conn:
-                await ensure_schema(conn)
-        finally:
-            await pool.close()
-        files = FilesRoot(settings.files_root, fsync=settings.storage_fsync)
-        leftovers = files.clean_staging()
+        prepared.pool = make_pool(uri, 1)
+        await prepared.pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
+        instance = Instance(settings.instance, settings.files_root.resolve(), settings.instance_stale_after)
+        async with prepared.pool.connection() as conn:
+            await ensure_schema(conn)
+            try:
+                await instance.claim(conn)
+            except InstanceIdInUse as e:
+                raise StartupError(str(e)) from None
+        prepared.instance = instance
+        files = FilesRoot(settings.files_root, fsync=settings.storage_fsync, instance=settings.instance)
+        leftovers = files.clean_instance(legacy_older_than=settings.instance_stale_after)
+        prepared.beating = asyncio.create_task(keep_beating(instance, prepared.pool), name="oxidicom-instance")
     except BaseException:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+        await prepared.close()
         raise
     log.info(
         "files root ready",
         extra={
             "files_root": str(files.root),
+            "instance": settings.instance,
             "fsync": files.fsync,
             "in_memory_filesystem": files.in_memory,
             "stale_staged_removed": leftovers,
         },
     )
-    return Prepared(uri, embedded)
+    return prepared
 
 
 class StartupError(RuntimeError):
@@ -183,7 +203,7 @@ def start_endpoint(settings: Settings, db_uri: str, workers: Callable[[], tuple[
     from oxidicom_py.telemetry.endpoint import Endpoint
     from oxidicom_py.telemetry.health import Health
 
-    health = Health(db_uri, settings.files_root.resolve(), workers)
+    health = Health(db_uri, staging_folder(settings.files_root.resolve(), settings.instance), workers)
     endpoint = Endpoint(health, settings.metrics_address, settings.metrics_port)
     endpoint.start()
     return TelemetryEndpoint(endpoint, asyncio.create_task(health.heartbeat()))

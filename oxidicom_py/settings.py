@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oxidicom_py.cluster_settings import ClusterSettings
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import markdown_table, read_fields, setting
 from oxidicom_py.setting_parsers import (
@@ -35,8 +36,8 @@ __all__ = ["ReceiveSettings", "Settings", "SettingsError", "load", "readme_table
 
 
 @dataclass(frozen=True, slots=True)
-class Settings(ReceiveSettings):
-    """Every setting: the receiving half's, then processing's."""
+class Settings(ClusterSettings):
+    """Every setting: the receiving half's, several instances', then processing's."""
 
     rules: Path | None = setting(
         "OXIDICOM_RULES",

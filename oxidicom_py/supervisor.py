@@ -38,7 +38,7 @@ class Target(Protocol):
 
     def workers_ready(self) -> None: ...
 
-    def worker_died(self, pid: int) -> int: ...
+    def worker_died(self, index: int, pid: int) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -67,7 +67,7 @@ class Supervisor:
                     await telemetry.stop()
                 await self.target.close()
         finally:
-            await asyncio.to_thread(prepared.stop)
+            await prepared.close()
 
     async def _supervise(self, db_uri: str) -> int:
         sock = runtime.bind_listener(self.settings)
@@ -154,7 +154,7 @@ class Supervisor:
             self.restarts += 1
             metrics.WORKER_RESTARTS.inc()
             runtime.reset_slot(self.slots_fd, slot, self.n)  # its associations died with it
-            removed = self.target.worker_died(proc.pid)
+            removed = self.target.worker_died(slot, proc.pid)
             log.error(
                 "worker died; starting a new one",
                 extra={"worker": slot, "pid": proc.pid, "exit_code": code, "staged_removed": removed},

@@ -305,6 +305,10 @@ class RawScu(RawClient):
             }
         )
         self.send(p_data(context_id, command, command=True) + p_data(context_id, dataset, command=False))
+        return self.read_store_status()
+
+    def read_store_status(self) -> tuple[int, str]:
+        """The next C-STORE-RSP's (status, error comment)."""
         pdu_type, body = self.recv_pdu()
         assert pdu_type == pdu.P_DATA_TF, pdu_type
         values = _command_values(body[6:])

@@ -8,14 +8,14 @@ sleeps, and every dataset is written twice) and does not enforce ``OXIDICOM_SCP_
 
 Datasets are never held in memory. pynetdicom's ``STORE_RECV_CHUNKED_DATASET`` mode writes
 each received dataset, PDV by PDV, to a temporary file; we put that file in the files root's
-staging folder (``{FILES_ROOT}/.oxidicom-staging/{pid}-pynetdicom-*.part``: the storage
+staging folder (``{FILES_ROOT}/.oxidicom-staging/{instance}/{worker}/pynetdicom-*.part``: the storage
 filesystem, not ``/tmp``, which may be RAM), and once the dataset is complete the
 association's thread reads it back in 1 MiB chunks, each handed to the instance sink on the
 event loop (``begin_instance`` -> ``write`` per chunk -> ``finish``), so the loop is never
 blocked for a whole file. The temporary file is removed after the C-STORE whatever its
 outcome; one left by an association that ended mid-dataset is removed when the association
-ends, and one left by a worker that died matches the staging leftovers the supervisor
-removes (``{pid}-*.part``). The peak memory this costs is in RELIABILITY.md, and checked by
+ends, and one left by a worker that died goes with that worker's staging folder, which the
+supervisor empties. The peak memory this costs is in RELIABILITY.md, and checked by
 ``tests/integration/test_fallback_scp.py``.
 
 pynetdicom 3.0 internals used (check them on upgrade): ``pynetdicom.dimse_messages`` calls
@@ -63,8 +63,9 @@ log = logging.getLogger("oxidicom_py.net")
 _STORE_TIMEOUT = 600.0
 CHUNK_SIZE = 1 << 20
 """Bytes of a received dataset read from pynetdicom's temporary file and handed to the sink at a time."""
-TEMP_FILE_INFIX = "-pynetdicom-"
-"""Temporary files are ``{pid}-pynetdicom-*.part``: staging leftovers of a dead worker by their name."""
+TEMP_FILE_PREFIX = "pynetdicom-"
+"""Temporary files are ``pynetdicom-*.part`` in the worker's own staging folder: a dead worker's
+leftovers go with that folder."""
 
 _listeners: weakref.WeakKeyDictionary[AE, PynetdicomListener] = weakref.WeakKeyDictionary()
 """Our AEs, for the temporary file factory (which sees the association, not us)."""
@@ -245,7 +246,7 @@ class PynetdicomListener:
 
     def _temporary_file(self, assoc: Any) -> IO[bytes]:
         """A file for a dataset about to arrive on ``assoc`` (on its DUL thread)."""
-        prefix = f"{os.getpid()}{TEMP_FILE_INFIX}"
+        prefix = TEMP_FILE_PREFIX
         try:
             f = tempfile.NamedTemporaryFile("wb", prefix=prefix, suffix=".part", dir=self.temp_dir, delete=False)  # noqa: SIM115
         except OSError as e:

@@ -169,6 +169,20 @@ PROGRESS_INDEXES: Final[dict[str, str]] = {
 }
 
 
+INSTANCES_TABLE: Final = "oxidicom_instances"
+
+INSTANCES_DDL: Final = f"""
+CREATE TABLE IF NOT EXISTS {INSTANCES_TABLE} (
+    instance_id varchar(63) PRIMARY KEY,
+    boot varchar(32) NOT NULL,
+    host varchar(255) NOT NULL,
+    started timestamp with time zone NOT NULL DEFAULT now(),
+    heartbeat timestamp with time zone NOT NULL DEFAULT now()
+)
+"""
+"""One row per live (or recently dead) receiver instance; ``boot`` changes at every start."""
+
+
 def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
     statements = [_PACS_DDL.strip(), _PACSFILE_DDL.strip()]
@@ -181,6 +195,7 @@ def ddl_statements() -> list[str]:
     ]
     statements += [_PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
+    statements.append(INSTANCES_DDL.strip())
     statements += jobs_ddl()
     return statements
 

@@ -1,7 +1,11 @@
 """Atomic file writes into the files root: stage under a temporary name, then rename into place.
 
-Staged files live in ``{files_root}/.oxidicom-staging`` (same filesystem, so the rename is
-atomic and series folders never show partial files). With ``fsync`` on, the data is made
+Staged files live in ``{files_root}/.oxidicom-staging/{instance}/{process}/`` (same
+filesystem, so the rename is atomic and series folders never show partial files). Several
+receiver instances may share one files root: each writes only under its own instance folder,
+with names that hold a random token and never a PID (PIDs repeat across containers), and each
+cleans only its own folder; so nothing relies on ``O_EXCL`` being exclusive across hosts, which
+it is not on FUSE or network filesystems. With ``fsync`` on, the data is made
 durable before the rename and the directory entry after it, so an acknowledged instance
 survives a power loss, not only a crash of the process.
 """
@@ -11,9 +15,13 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import secrets
+import time
 from pathlib import Path
 
 STAGING_DIR = ".oxidicom-staging"
+LOCAL_INSTANCE = "local"
+"""The instance folder of a files root used without an instance id (tests, tools)."""
 _O_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
@@ -43,34 +51,46 @@ forgotten one costs one ``makedirs`` that finds it there)."""
 
 
 class FilesRoot:
-    """The storage root: where instances are staged and where they land."""
+    """The storage root: where instances are staged and where they land.
 
-    def __init__(self, root: Path, *, fsync: bool) -> None:
+    ``instance``: this receiver's id (``OXIDICOM_INSTANCE_ID``); ``process``: this process's
+    folder inside it (``w0``, ``w1``... for a pool's workers)."""
+
+    def __init__(self, root: Path, *, fsync: bool, instance: str = LOCAL_INSTANCE, process: str = "main") -> None:
         self.root = root.resolve()
-        self.staging = self.root / STAGING_DIR
+        self.staging_root = self.root / STAGING_DIR
+        self.instance_staging = staging_folder(self.root, instance)
+        self.staging = self.instance_staging / process
         self.staging.mkdir(parents=True, exist_ok=True)
+        self._staging = str(self.staging)
         self.in_memory = is_in_memory_filesystem(self.root)
         # On tmpfs/ramfs nothing survives a power loss whatever we do: fsync would only cost.
         self.fsync = fsync and not self.in_memory
         self._counter = itertools.count()
         self._known_dirs: set[str] = set()
-        self._prefix = f"{os.getpid()}-"
+        self._prefix = f"{secrets.token_hex(6)}-"  # a new one per process: never a PID
 
     def stage(self, header: bytes) -> StagedFile:
-        name = f"{self._prefix}{next(self._counter)}.part"
-        path = os.path.join(self.staging, name)
-        return StagedFile(self, path, header)
+        path = os.path.join(self._staging, f"{self._prefix}{next(self._counter)}.part")
+        try:
+            return StagedFile(self, path, header)
+        except FileNotFoundError:  # our folder was reaped (a heartbeat judged stale): make it again
+            self.staging.mkdir(parents=True, exist_ok=True)
+            return StagedFile(self, path, header)
 
-    def clean_staging(self, pid: int | None = None) -> int:
-        """Remove staged leftovers: all of them (before any worker accepts associations), or
-        those of one process that died (``pid``)."""
-        removed = 0
-        prefix = f"{pid}-" if pid is not None else ""
-        for entry in os.scandir(self.staging):
-            if entry.name.endswith(".part") and entry.name.startswith(prefix):
-                os.unlink(entry.path)
-                removed += 1
+    def clean_instance(self, legacy_older_than: float | None = None) -> int:
+        """Remove this instance's staged leftovers (before any of its workers accepts): every
+        process folder under its instance folder. ``legacy_older_than``: also remove files an
+        older version left directly in the staging root, once older than that many seconds."""
+        removed = remove_staged(self.instance_staging)
+        if legacy_older_than is not None:
+            removed += _remove_legacy(self.staging_root, time.time() - legacy_older_than)
+        self.staging.mkdir(parents=True, exist_ok=True)
         return removed
+
+    def clean_process(self, process: str) -> int:
+        """Remove the staged leftovers of one of this instance's processes that died."""
+        return remove_staged(self.instance_staging / process, keep_folder=True)
 
     def absolute(self, relative: str) -> str:
         return os.path.join(self.root, relative)
@@ -105,6 +125,65 @@ class FilesRoot:
         staged = self.stage(b"")
         staged.close()
         self.publish(staged.path, relative)
+
+
+def staging_folder(root: Path, instance: str, process: str | None = None) -> Path:
+    """``{root}/.oxidicom-staging/{instance}[/{process}]``."""
+    folder = root / STAGING_DIR / instance
+    return folder if process is None else folder / process
+
+
+def worker_staging(index: int) -> str:
+    """The staging folder name of a pool's worker ``index`` (the same across its restarts: the
+    supervisor empties it before starting the replacement)."""
+    return f"w{index}"
+
+
+def remove_staged(folder: Path, *, keep_folder: bool = False) -> int:
+    """Remove the ``.part`` files in ``folder`` and its process folders, then the emptied
+    folders (unless ``keep_folder``); files and folders that vanish meanwhile are no error.
+    The number of files removed."""
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                removed += remove_staged(Path(entry.path))
+            elif entry.name.endswith(".part") or entry.name.startswith(".ready-probe"):
+                os.unlink(entry.path)
+                removed += entry.name.endswith(".part")
+        except FileNotFoundError:
+            continue
+    if not keep_folder:
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # something else was put there: leave it
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    return removed
+
+
+def _remove_legacy(staging_root: Path, before: float) -> int:
+    """``{pid}-{n}.part`` files of a version that staged directly in the staging root."""
+    removed = 0
+    try:
+        entries = list(os.scandir(staging_root))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.endswith(".part") and entry.is_file(follow_symlinks=False):
+            try:
+                if entry.stat().st_mtime < before:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
 
 
 class StagedFile:

@@ -34,12 +34,14 @@ class Health:
     def __init__(
         self,
         db_uri: str,
-        files_root: Path,
+        staging: Path,
         workers: Callable[[], tuple[int, int]],
     ) -> None:
-        """``workers``: returns (running, wanted) listener processes; read from the HTTP thread."""
+        """``staging``: this instance's staging folder (the storage probe is written there: unique
+        to the instance); ``workers``: returns (running, wanted) listener processes; read from
+        the HTTP thread."""
         self.db_uri = db_uri
-        self.staging = files_root / ".oxidicom-staging"
+        self.staging = staging
         self.workers = workers
         self._beat = time.monotonic()
         self._lock = threading.Lock()
@@ -76,8 +78,10 @@ class Health:
         return Check(running >= wanted, f"{running} of {wanted} listener processes running")
 
     def _storage(self) -> Check:
-        probe = self.staging / f".ready-probe-{os.getpid()}-{threading.get_ident()}"
+        probe = self.staging / f".ready-probe-{threading.get_ident()}"
         try:
+            if not self.staging.is_dir():  # reaped while this instance looked stale: made again
+                self.staging.mkdir(exist_ok=True)  # (not its parents: a missing mount stays an error)
             fd = os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, b"ok")

@@ -84,6 +84,10 @@ SERIES_ENDED = Counter(
 
 WORKERS_ALIVE = Gauge("oxidicom_workers_alive", "Listener processes running.", multiprocess_mode="max")
 WORKER_RESTARTS = Counter("oxidicom_worker_restarts", "Listener processes that died and were replaced.")
+INSTANCES_REAPED = Counter(
+    "oxidicom_instances_reaped",
+    "Staging folders of other receiver instances (sharing the files root) removed after their heartbeat went stale.",
+)
 
 JOBS = Counter(
     "oxidicom_jobs",
@@ -129,6 +133,7 @@ NAMES: Final = (
     "oxidicom_series_ended",
     "oxidicom_workers_alive",
     "oxidicom_worker_restarts",
+    "oxidicom_instances_reaped",
     "oxidicom_rules_reload_errors",
     "oxidicom_jobs",
     "oxidicom_job_seconds",

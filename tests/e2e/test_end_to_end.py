@@ -131,7 +131,7 @@ def _push_twice_and_check(
     assert len(stored) == 576
     if corpus["real"]:
         assert stored == set(Path(corpus["expected"]).read_text().split())
-    assert list((files_root / ".oxidicom-staging").iterdir()) == []
+    assert list((files_root / ".oxidicom-staging").rglob("*.part")) == []
     for instance_id in orthanc.get("/instances"):
         theirs = orthanc.request("GET", f"/instances/{instance_id}/file")
         ds = pydicom.dcmread(io.BytesIO(theirs), stop_before_pixels=True)

@@ -295,7 +295,7 @@ def test_readiness_checks_each_part(tmp_path: Path, db_uri: str) -> None:
 
     (tmp_path / "files" / ".oxidicom-staging").mkdir(parents=True)
     workers = [2, 2]
-    health = Health(db_uri, tmp_path / "files", lambda: (workers[0], workers[1]))
+    health = Health(db_uri, tmp_path / "files" / ".oxidicom-staging", lambda: (workers[0], workers[1]))
     assert report(health.ready())["ready"]
 
     workers[0] = 1
@@ -311,5 +311,5 @@ def test_readiness_checks_each_part(tmp_path: Path, db_uri: str) -> None:
     assert not checks["storage"].ok and "cannot write" in checks["storage"].detail
     assert checks["database"].ok
 
-    bad = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path / "files", lambda: (1, 1))
+    bad = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path / "files" / ".oxidicom-staging", lambda: (1, 1))
     assert not bad.ready()["database"].ok

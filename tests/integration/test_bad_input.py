@@ -122,7 +122,7 @@ def test_fuzzed_streams_never_crash_and_end_cleanly(
         pdu.P_DATA_TF,
         pdu.A_RELEASE_RP,
     }
-    assert not list((tmp_path / ".oxidicom-staging").glob("*.part"))
+    assert not list((tmp_path / ".oxidicom-staging").rglob("*.part"))
     assert not (tmp_path / "SERVICES").exists() or not list((tmp_path / "SERVICES").rglob("*.dcm"))
 
 

@@ -474,7 +474,7 @@ def test_hostile_values_in_one_association_through_serve(tmp_path: Path, db_uri:
         assert failures == []
         errors = [line for line in rx.messages("error") if not line["msg"].startswith("instance rejected")]
         assert errors == []
-        assert not list((files_root / ".oxidicom-staging").iterdir())
+        assert not list((files_root / ".oxidicom-staging").rglob("*.part"))
     assert rx.proc is not None and rx.proc.returncode == 0
 
 

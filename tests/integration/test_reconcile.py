@@ -99,7 +99,7 @@ def test_killed_workers_lose_no_acknowledged_instance(tmp_path: Path, db_uri: st
         assert sorted(r["fname"] for r in _rows(db_uri)) == sorted(
             str(p.relative_to(tmp_path / "files")) for p in stored
         )
-        assert not list((tmp_path / "files" / ".oxidicom-staging").iterdir())
+        assert not list((tmp_path / "files" / ".oxidicom-staging").rglob("*.part"))
     assert rx.proc.returncode == 0
 
 
@@ -154,12 +154,14 @@ def test_kill_9_in_the_middle_of_an_association(tmp_path: Path, db_uri: str) -> 
 
         data = dataset_bytes(files[5])
         scu.send(p_data(1, command, command=True) + p_data(1, data[: len(data) // 2], command=False, last=False))
-        staged = wait_until(lambda: list(staging.iterdir()), 10, what="the half-received instance staged")
-        owner = int(staged[0].name.split("-")[0])
+        staged = wait_until(lambda: list(staging.rglob("*.part")), 10, what="the half-received instance staged")
+        index = int(staged[0].parent.name.removeprefix("w"))  # staged in its worker's own folder
+        started = [line for line in rx.lines if line.get("msg") == "worker started" and line.get("worker") == index]
+        owner = started[-1]["pid"]
         assert owner in before
         os.kill(owner, signal.SIGKILL)
         wait_until(lambda: any(line.get("msg") == "worker died; starting a new one" for line in rx.lines), 20)
-        wait_until(lambda: not list(staging.iterdir()), 20, what="the staged file removed")
+        wait_until(lambda: not list(staging.rglob("*.part")), 20, what="the staged file removed")
         wait_until(lambda: len(_rows(db_uri)) == 5, 30, what="the five acknowledged instances registered")
         stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
         assert len(stored) == 5

@@ -91,7 +91,7 @@ def test_multiprocess_folder_sums_processes_and_orphans_are_removed(tmp_path: Pa
 
 def test_endpoint_answers_and_refuses_unknown_paths(tmp_path: Path) -> None:
     (tmp_path / ".oxidicom-staging").mkdir()
-    health = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path, lambda: (1, 1))
+    health = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path / ".oxidicom-staging", lambda: (1, 1))
     endpoint = Endpoint(health, "127.0.0.1", 0)
     endpoint.start()
     try:

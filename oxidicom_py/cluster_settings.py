@@ -1,0 +1,76 @@
+"""Settings for running several receivers on one database and one files root: who this
+instance is, and when another one counts as gone."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+
+from oxidicom_py.receive_settings import ReceiveSettings
+from oxidicom_py.setting_fields import setting
+from oxidicom_py.setting_parsers import SettingsError, positive_float
+
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def instance_id(name: str, raw: str) -> str:
+    """A folder name on every host: letters, digits, ``.``, ``_``, ``-``; at most 63 characters."""
+    value = raw.strip()
+    if not _INSTANCE_ID.fullmatch(value):
+        raise SettingsError(
+            f"{name}: {raw!r} is not a valid instance id (1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+def default_instance_id(port: int) -> str:
+    """``{host name}-{port}`` (a pod's name in Kubernetes; the port tells apart two receivers
+    on one host), made into a valid instance id."""
+    suffix = f"-{port}"
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[: 63 - len(suffix)]
+    return (cleaned or "oxidicom") + suffix
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings(ReceiveSettings):
+    """The receiving half, plus what several instances sharing storage and database need."""
+
+    instance_id: str | None = setting(
+        "OXIDICOM_INSTANCE_ID",
+        instance_id,
+        default=None,
+        shown="`{host name}-{OXIDICOM_LISTENER_PORT}`",
+        doc=(
+            "This receiver's name among those sharing the database and files root (must differ between "
+            "them; the pod name in Kubernetes). Its staging files live in "
+            "`{FILES_ROOT}/.oxidicom-staging/{INSTANCE_ID}/`, and its heartbeat in the "
+            "`oxidicom_instances` table. Setting it explicitly means a cluster: the embedded database "
+            "is then refused."
+        ),
+        ours=True,
+    )
+    instance_stale_after: float = setting(
+        "OXIDICOM_INSTANCE_STALE_AFTER",
+        positive_float,
+        default=60.0,
+        shown="`60`",
+        doc=(
+            "Seconds without a heartbeat (sent every tenth of it) after which another instance counts "
+            "as gone: any live instance then removes its staging folder (files never acknowledged). An "
+            "instance starting with the id of one whose heartbeat is still fresh waits for it to stop "
+            "advancing, and refuses to start if it does not."
+        ),
+        ours=True,
+    )
+
+    @property
+    def instance(self) -> str:
+        """This instance's id: ``OXIDICOM_INSTANCE_ID``, else ``{host name}-{port}``."""
+        return self.instance_id if self.instance_id is not None else default_instance_id(self.listener_port)
+
+    @property
+    def clustered(self) -> bool:
+        """An instance id set explicitly: other instances may share the database and files root."""
+        return self.instance_id is not None
