@@ -6,14 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Third-party peers the tests run for real: Orthanc (the PACS), DCMTK (storescu, dcmsend, echoscu),
-# GDCM (gdcmscu) and dicom3tools (dciodvfy).
+# GDCM (gdcmscu), dicom3tools (dciodvfy) and HAProxy (the load balancer in front of receivers).
 if ! command -v storescu >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1 \
-  || ! command -v gdcmscu >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1; then
+  || ! command -v gdcmscu >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 \
+  || ! command -v haproxy >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing Debian packages: orthanc dcmtk libgdcm-tools dicom3tools"
+  echo "installing Debian packages: orthanc dcmtk libgdcm-tools dicom3tools haproxy"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc dcmtk libgdcm-tools dicom3tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc dcmtk libgdcm-tools dicom3tools haproxy >/dev/null
 fi
 
 source ./scripts/venv.sh

@@ -29,6 +29,7 @@ from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.flow import Pipeline
 from oxidicom_py.net import tls
 from oxidicom_py.net.balance import Balance
+from oxidicom_py.net.proxy_header import ProxyPolicy
 from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
@@ -148,6 +149,9 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
             slots=slots,
             overloaded=_backlog_check(registrar, settings.db_max_pending),
             balance=share.balance,
+            proxy=ProxyPolicy(settings.proxy_networks or (), settings.scp_artim_timeout)
+            if settings.proxy_protocol
+            else None,
         )
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))

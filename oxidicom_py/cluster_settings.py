@@ -3,13 +3,14 @@ instance is, and when another one counts as gone."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 from dataclasses import dataclass
 
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import setting
-from oxidicom_py.setting_parsers import SettingsError, positive_float
+from oxidicom_py.setting_parsers import SettingsError, networks, parse_bool, positive_float
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -62,6 +63,28 @@ class ClusterSettings(ReceiveSettings):
             "instance starting with the id of one whose heartbeat is still fresh waits for it to stop "
             "advancing, and refuses to start if it does not."
         ),
+        ours=True,
+    )
+    proxy_protocol: bool = setting(
+        "OXIDICOM_PROXY_PROTOCOL",
+        parse_bool,
+        default=False,
+        shown="`false`",
+        doc=(
+            "Behind a TCP load balancer that sends a PROXY protocol v2 header (HAProxy `send-proxy-v2`, "
+            "an NLB with proxy protocol on): read it first, so logs, spans, metrics and "
+            "`OXIDICOM_SCP_ALLOWED_NETWORKS` see the sender's own address. Connections from outside "
+            "`OXIDICOM_PROXY_NETWORKS`, and malformed headers, are dropped and counted "
+            '(`oxidicom_associations_rejected_total{reason="proxy_..."}`). Not with the pynetdicom acceptor.'
+        ),
+        ours=True,
+    )
+    proxy_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = setting(
+        "OXIDICOM_PROXY_NETWORKS",
+        networks,
+        default=None,
+        shown="*(required with the PROXY protocol)*",
+        doc="Comma-separated networks of the load balancers allowed to send a PROXY header (`10.0.0.0/8`).",
         ours=True,
     )
 

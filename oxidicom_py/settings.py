@@ -139,6 +139,13 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     values = read_fields(VARIABLES, os.environ if env is None else env)
     if values.get("tls_cert") is None and (values.get("tls_key") or values.get("tls_client_ca")):
         raise SettingsError("OXIDICOM_TLS_CERT: required when OXIDICOM_TLS_KEY or OXIDICOM_TLS_CLIENT_CA is set")
+    if values.get("proxy_protocol") and values.get("proxy_networks") is None:
+        raise SettingsError(
+            "OXIDICOM_PROXY_NETWORKS: required when OXIDICOM_PROXY_PROTOCOL=true (the balancers' networks: "
+            "anyone else could claim any address)"
+        )
+    if values.get("proxy_protocol") and values.get("scp_implementation") == "pynetdicom":
+        raise SettingsError("OXIDICOM_PROXY_PROTOCOL: not available with OXIDICOM_SCP_IMPLEMENTATION=pynetdicom")
     return Settings(**values)
 
 

@@ -282,9 +282,12 @@ class RawScu(RawClient):
     waits for it ("Received unexpected C-STORE service message"), and the store then times out.
     """
 
-    def __init__(self, port: int, contexts: list[tuple[int, str, list[str]]], **kw: Any) -> None:
+    def __init__(
+        self, port: int, contexts: list[tuple[int, str, list[str]]], *, preamble: bytes = b"", **kw: Any
+    ) -> None:
+        """``preamble``: bytes sent before the A-ASSOCIATE-RQ (a PROXY protocol header)."""
         super().__init__(port)
-        self.send(associate_rq(contexts, **kw))
+        self.send(preamble + associate_rq(contexts, **kw))
         pdu_type, self.ac = self.recv_pdu()
         assert pdu_type == pdu.A_ASSOCIATE_AC, pdu_type
         self.message_id = 0

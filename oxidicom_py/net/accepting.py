@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Final
 
 from oxidicom_py.net.balance import BEAT_EVERY, Balance
+from oxidicom_py.net.proxy_header import ProxyHeaderError, ProxyNotAllowed, ProxyPolicy
+from oxidicom_py.telemetry import metrics
 
 log = logging.getLogger("oxidicom_py.net")
 
@@ -46,19 +48,22 @@ class AcceptLoop:
     def __init__(
         self,
         sock: socket.socket,
-        make_protocol: Callable[[Callable[[], None]], asyncio.Protocol],
+        make_protocol: Callable[[Callable[[], None], tuple[str, int] | None], asyncio.Protocol],
         balance: Balance,
         *,
         ssl: _ssl.SSLContext | None = None,
         handshake_timeout: float | None = None,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
-        """``make_protocol(release)``: a protocol for a new connection, which calls ``release``
-        when the connection is lost."""
+        """``make_protocol(release, peer)``: a protocol for a new connection, which calls
+        ``release`` when the connection is lost; ``peer`` is the sender a PROXY header named
+        (``proxy``: every connection starts with one, read before the TLS handshake), or None."""
         self._sock = sock
         self._make_protocol = make_protocol
         self._balance = balance
         self._ssl = ssl
         self._handshake_timeout = handshake_timeout
+        self._proxy = proxy
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._closed = False
@@ -129,9 +134,23 @@ class AcceptLoop:
 
     async def _connect(self, conn: socket.socket, release: _Release) -> None:
         assert self._loop is not None
+        peer: tuple[str, int] | None = None
+        if self._proxy is not None:
+            try:
+                peer = (await self._proxy.read_from(conn)).source
+            except (ProxyHeaderError, OSError) as e:
+                reason = "proxy_not_allowed" if isinstance(e, ProxyNotAllowed) else "proxy_header_invalid"
+                with contextlib.suppress(OSError):
+                    via = conn.getpeername()
+                    log.warning("connection dropped: %s", e, extra={"via": f"{via[0]}:{via[1]}", "reason": reason})
+                metrics.ASSOCIATIONS_REJECTED.labels(reason).inc()
+                with contextlib.suppress(OSError):
+                    conn.close()
+                release()
+                return
         try:
             await self._loop.connect_accepted_socket(
-                lambda: self._make_protocol(release),
+                lambda: self._make_protocol(release, peer),
                 conn,
                 ssl=self._ssl,
                 ssl_handshake_timeout=self._handshake_timeout if self._ssl is not None else None,

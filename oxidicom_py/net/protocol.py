@@ -85,6 +85,8 @@ class AssociationProtocol(asyncio.Protocol):
         self._peer = ("?", 0)
         self.on_lost: Callable[[], None] | None = None
         """Called once the connection is gone (the accept loop's balance counts connections)."""
+        self.proxied_peer: tuple[str, int] | None = None
+        """The sender a load balancer's PROXY header named (else the connection's own peer)."""
 
     @property
     def info(self) -> AssociationInfo | None:
@@ -101,7 +103,7 @@ class AssociationProtocol(asyncio.Protocol):
                 self._sock = sock
             except OSError:
                 self._sock = None
-        peer = transport.get_extra_info("peername") or ("?", 0)
+        peer = self.proxied_peer or transport.get_extra_info("peername") or ("?", 0)
         self._peer = (str(peer[0]), int(peer[1]))
         if not acse.address_allowed(self._peer[0], self.config.allowed_networks):
             self._log.warning(

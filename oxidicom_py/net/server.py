@@ -15,6 +15,7 @@ from oxidicom_py.net import tls
 from oxidicom_py.net.accepting import AcceptLoop
 from oxidicom_py.net.balance import Balance
 from oxidicom_py.net.protocol import AssociationHandler, AssociationProtocol
+from oxidicom_py.net.proxy_header import ProxyPolicy
 from oxidicom_py.net.slots import AssociationSlots
 
 log = logging.getLogger("oxidicom_py.net")
@@ -37,10 +38,12 @@ class Listener:
         slots: AssociationSlots | None = None,
         overloaded: Callable[[], str | None] | None = None,
         balance: Balance | None = None,
+        proxy: ProxyPolicy | None = None,
     ) -> None:
         """``overloaded``: returns why new associations should wait (e.g. a registration
         backlog while the database is away), or None; ``balance``: shared with the other
-        workers of a pool, which of them takes the next connection."""
+        workers of a pool, which of them takes the next connection; ``proxy``: connections
+        start with a PROXY protocol v2 header naming the sender."""
         self.config = config
         self._on_established = on_established
         self.slots = slots if slots is not None else AssociationSlots(max_associations)
@@ -48,6 +51,7 @@ class Listener:
         self._overload_reason: str | None = None
         self.balance = balance if balance is not None else Balance()
         self.accepting: AcceptLoop | None = None
+        self.proxy = proxy
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         """Refuse while overloaded or without a free slot; a slot taken here is given back when
@@ -74,12 +78,16 @@ class Listener:
     def _established(self, info: AssociationInfo) -> AssociationHandler:
         return _Counted(self, self._on_established(info))
 
-    def _protocols(self, kind: type[AssociationProtocol]) -> Callable[[Callable[[], None]], AssociationProtocol]:
-        """The accept loop's factory: a ``kind`` protocol that calls ``release`` when it is lost."""
+    def _protocols(
+        self, kind: type[AssociationProtocol]
+    ) -> Callable[[Callable[[], None], tuple[str, int] | None], AssociationProtocol]:
+        """The accept loop's factory: a ``kind`` protocol that calls ``release`` when it is lost
+        and sees ``peer`` (from a PROXY header) as the sender, when given."""
 
-        def make(release: Callable[[], None]) -> AssociationProtocol:
+        def make(release: Callable[[], None], peer: tuple[str, int] | None) -> AssociationProtocol:
             protocol = kind(self.config, self._established, self._admission)
             protocol.on_lost = release
+            protocol.proxied_peer = peer
             return protocol
 
         return make
@@ -106,6 +114,7 @@ class Listener:
             self.balance,
             ssl=ssl,
             handshake_timeout=self.config.artim_timeout,
+            proxy=self.proxy,
         )
         self.accepting.start()
         bound = sock.getsockname()
@@ -124,7 +133,7 @@ class _TlsAssociationProtocol(AssociationProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         details = tls.peer_details(transport)
         if details is not None:
-            peer = transport.get_extra_info("peername") or ("?", 0)
+            peer = self.proxied_peer or transport.get_extra_info("peername") or ("?", 0)
             self._log.info("TLS connection", extra={"peer": f"{peer[0]}:{peer[1]}", **details})
         super().connection_made(transport)
 
