@@ -256,6 +256,7 @@ async def run_worker(
     *,
     on_ready: Callable[[Worker], None],
     reconcile: bool = False,
+    on_stop: Callable[[], None] | None = None,
 ) -> bool:
     """Run one worker until SIGTERM/SIGINT, then drain; True when it drained in time.
     ``reconcile``: also register stored files the database lacks (the single-process mode;
@@ -269,6 +270,8 @@ async def run_worker(
         reconciler.request()
     on_ready(worker)
     await stop.wait()
+    if on_stop is not None:
+        on_stop()
     log.info("draining")
     if reconciler is not None:
         await reconciler.close()
@@ -301,7 +304,15 @@ async def serve_single(settings: Settings) -> int:
         share = WorkerShare(settings.db_pool, settings.max_associations)
         companion = start_companion(settings, prepared.db_uri)
         try:
-            clean = await run_worker(settings, prepared.db_uri, sock, share, on_ready=ready, reconcile=True)
+            clean = await run_worker(
+                settings,
+                prepared.db_uri,
+                sock,
+                share,
+                on_ready=ready,
+                reconcile=True,
+                on_stop=telemetry.draining if telemetry is not None else None,
+            )
         finally:
             if companion is not None:
                 await companion.stop()

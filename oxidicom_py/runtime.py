@@ -191,6 +191,10 @@ class TelemetryEndpoint:
     endpoint: Endpoint
     heartbeat: asyncio.Task[None]
 
+    def draining(self) -> None:
+        """From now on ``/readyz`` answers 503 (a balancer stops sending before the listener closes)."""
+        self.endpoint.health.draining = True
+
     async def stop(self) -> None:
         self.heartbeat.cancel()
         await asyncio.to_thread(self.endpoint.stop)

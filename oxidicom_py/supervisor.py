@@ -54,12 +54,14 @@ class Supervisor:
         self.restarts = 0
         self._ready_slots: set[int] = set()
         self._all_ready = asyncio.Event()
+        self._telemetry: runtime.TelemetryEndpoint | None = None
 
     async def run(self) -> int:
         prepared = await runtime.prepare(self.settings)
         try:
             await self.target.start(prepared.db_uri)
             telemetry = runtime.start_endpoint(self.settings, prepared.db_uri, lambda: (self.running(), self.n))
+            self._telemetry = telemetry
             try:
                 return await self._supervise(prepared.db_uri)
             finally:
@@ -104,6 +106,8 @@ class Supervisor:
                 log.error("workers did not become ready in time", extra={"ready": len(self._ready_slots)})
                 stop.set()
             await stop.wait()
+            if self._telemetry is not None:
+                self._telemetry.draining()
             log.info("shutting down: draining workers", extra={"processes": len(self.procs)})
             self.stopping = True
             exit_codes = await self._stop_workers()

@@ -2,8 +2,11 @@
 
 Alive: the serving process's event loop turned within the last :data:`STALL_SECONDS`.
 Ready: alive, the database answers ``SELECT 1``, the files root takes a new file, and every
-listener process is running. Each check is bounded in time and the result is kept for
-:data:`CACHE_SECONDS`, so a probe storm cannot load the database.
+listener process is running. Each check is bounded in time (a hung network mount makes the
+storage check fail after :data:`STORAGE_TIMEOUT_SECONDS`, it never hangs the answer) and the
+result is kept for :data:`CACHE_SECONDS`, so a probe storm cannot load the database. Once the
+receiver is draining (SIGTERM), readiness fails at once, so a balancer stops sending new
+associations before the listener closes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import psycopg
 STALL_SECONDS = 10.0
 CACHE_SECONDS = 1.0
 DB_TIMEOUT_SECONDS = 2
+STORAGE_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,11 @@ class Health:
         self._beat = time.monotonic()
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Check]] | None = None
+        self._probe: threading.Thread | None = None
+        self._probe_started = 0.0
+        self._probe_result: Check | None = None
+        self.draining = False
+        """Set when the receiver stops: ready answers not ready at once, without any check."""
 
     async def heartbeat(self, interval: float = 1.0) -> None:
         """Run on the event loop for as long as it serves."""
@@ -60,6 +69,8 @@ class Health:
         return Check(True, "event loop turning")
 
     def ready(self) -> dict[str, Check]:
+        if self.draining:
+            return {"draining": Check(False, "stopping: finishing open associations, taking no new ones")}
         with self._lock:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
@@ -78,6 +89,25 @@ class Health:
         return Check(running >= wanted, f"{running} of {wanted} listener processes running")
 
     def _storage(self) -> Check:
+        """The probe in its own thread, waited for at most STORAGE_TIMEOUT_SECONDS; while one is
+        still stuck (a hung mount), no other is started."""
+        if self._probe is not None and self._probe.is_alive():
+            stuck = time.monotonic() - self._probe_started
+            return Check(False, f"writing in {self.staging} has not finished for {stuck:.0f} s (a hung mount?)")
+        self._probe_result = None
+        self._probe_started = time.monotonic()
+        self._probe = threading.Thread(target=self._run_probe, name="oxidicom-ready-probe", daemon=True)
+        self._probe.start()
+        self._probe.join(STORAGE_TIMEOUT_SECONDS)
+        result = self._probe_result
+        if result is None:
+            return Check(False, f"writing in {self.staging} took over {STORAGE_TIMEOUT_SECONDS:g} s (a hung mount?)")
+        return result
+
+    def _run_probe(self) -> None:
+        self._probe_result = self._write_probe()
+
+    def _write_probe(self) -> Check:
         probe = self.staging / f".ready-probe-{threading.get_ident()}"
         try:
             if not self.staging.is_dir():  # reaped while this instance looked stale: made again

@@ -313,3 +313,31 @@ def test_readiness_checks_each_part(tmp_path: Path, db_uri: str) -> None:
 
     bad = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path / "files" / ".oxidicom-staging", lambda: (1, 1))
     assert not bad.ready()["database"].ok
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_readiness_fails_at_once_when_draining_while_an_association_still_runs(
+    tmp_path: Path, db_uri: str, processes: str
+) -> None:
+    """SIGTERM with an association open: ``/readyz`` answers 503 ("draining") while the receiver
+    still finishes that association, so a balancer stops sending before the listener closes."""
+    metrics_port = free_port()
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_LISTENER_PROCESSES": processes,
+        "OXIDICOM_METRICS_PORT": str(metrics_port),
+        "OXIDICOM_METRICS_ADDRESS": "127.0.0.1",
+    }
+    with ServeProcess(env, tmp_path) as rx:
+        wait_until(lambda: _get(metrics_port, "/readyz")[0] == 200, 20, interval=0.2, what="ready")
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])], called="OXIDICOMTEST")
+        assert rx.proc is not None
+        rx.proc.send_signal(signal.SIGTERM)
+        _status, body = wait_until(
+            lambda: (answer := _get(metrics_port, "/readyz"))[0] == 503 and answer, 10, interval=0.05, what="503"
+        )
+        assert body["checks"] == {"draining": {"ok": False, "detail": body["checks"]["draining"]["detail"]}}
+        assert rx.proc.poll() is None  # still serving the open association
+        scu.release()
+        assert rx.stop() == 0

@@ -145,3 +145,30 @@ def test_an_extra_field_never_hides_the_log_level_or_message() -> None:
         logger.removeHandler(handler)
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["level"] == "warning" and line["msg"] == "said" and line["extra_level"] == "series"
+
+
+def test_a_hung_storage_probe_makes_readiness_fail_in_bounded_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from oxidicom_py.telemetry import health as health_mod
+    from oxidicom_py.telemetry.health import Check, Health
+
+    monkeypatch.setattr(health_mod, "STORAGE_TIMEOUT_SECONDS", 0.2)
+    unblock = threading.Event()
+    health = Health("postgresql://nobody@127.0.0.1:1/none", tmp_path, lambda: (1, 1))
+    monkeypatch.setattr(health, "_write_probe", lambda: (unblock.wait(30), Check(True, "written"))[1])
+    started = time.monotonic()
+    first = health._storage()
+    assert not first.ok and "took over 0.2 s" in first.detail
+    second = health._storage()  # the first probe is still stuck: no second thread, an answer at once
+    assert not second.ok and "has not finished" in second.detail
+    assert time.monotonic() - started < 5
+    unblock.set()
+    assert health._probe is not None
+    health._probe.join(10)
+    assert health._storage().ok  # the mount answers again
+    health.draining = True
+    assert list(health.ready()) == ["draining"]
