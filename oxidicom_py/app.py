@@ -265,7 +265,17 @@ async def run_worker(
     runtime.on_stop_signal(stop.set)
     worker = await build_worker(settings, db_uri, sock, share)
     _freeze_start_up_objects()
-    reconciler = Reconciler(worker.ingest.files.root, worker.pool, worker.registrar) if reconcile else None
+    reconciler = (
+        Reconciler(
+            worker.ingest.files.root,
+            worker.pool,
+            worker.registrar,
+            interval=settings.reconcile_interval,
+            grace=settings.reconcile_grace,
+        )
+        if reconcile
+        else None
+    )
     if reconciler is not None:
         reconciler.request()
     on_ready(worker)
@@ -373,7 +383,13 @@ class PoolTarget:
         self._pool = runtime.make_pool(db_uri, runtime.SUPERVISOR_DB_POOL)
         await self._pool.open(wait=True, timeout=runtime.DB_CONNECT_TIMEOUT)
         self._registrar = await make_registrar(self.settings, self._pool, runtime.SUPERVISOR_DB_POOL)
-        self._reconciler = Reconciler(self.settings.files_root.resolve(), self._pool, self._registrar)
+        self._reconciler = Reconciler(
+            self.settings.files_root.resolve(),
+            self._pool,
+            self._registrar,
+            interval=self.settings.reconcile_interval,
+            grace=self.settings.reconcile_grace,
+        )
         self._companion = start_companion(self.settings, db_uri)
 
     def workers_ready(self) -> None:
@@ -388,7 +404,7 @@ class PoolTarget:
             keep_folder=True,
         )
         assert self._reconciler is not None
-        self._reconciler.request()  # rows it had not committed yet
+        self._reconciler.request_after_grace()  # rows it had not committed yet
         return removed
 
     async def close(self) -> None:

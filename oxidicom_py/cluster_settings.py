@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import setting
-from oxidicom_py.setting_parsers import SettingsError, networks, parse_bool, positive_float
+from oxidicom_py.setting_parsers import SettingsError, networks, non_negative_float, parse_bool, positive_float
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -64,6 +64,34 @@ class ClusterSettings(ReceiveSettings):
             "advancing, and refuses to start if it does not."
         ),
         ours=True,
+    )
+    reconcile_interval: float = setting(
+        "OXIDICOM_RECONCILE_INTERVAL",
+        non_negative_float,
+        default=60.0,
+        shown="`60`",
+        doc=(
+            "Seconds between reconciliation passes (stored files without a row, e.g. those a crashed "
+            "receiver host acknowledged, are registered). One instance at a time runs a pass (a PostgreSQL "
+            "advisory lock); a periodic pass only lists series folders changed since the last one. A "
+            "full pass still runs at start-up. `0`: only at start-up and after a worker died."
+        ),
+        ours=True,
+    )
+    reconcile_grace: float = setting(
+        "OXIDICOM_RECONCILE_GRACE",
+        non_negative_float,
+        default=10.0,
+        shown="`10` (with `OXIDICOM_INSTANCE_ID` set; else `0`)",
+        doc=(
+            "With several receivers, a file is reconciled only once it has been in its series folder this "
+            "many seconds, so a pass never registers a file whose row another live receiver is about to "
+            "commit (that takes at most 5 times `OXIDICOM_DB_LINGER_MS` plus a round trip, except during a "
+            "database outage). A crashed host's acknowledged files are registered within "
+            "`OXIDICOM_RECONCILE_INTERVAL` plus this."
+        ),
+        ours=True,
+        derive=lambda v: 10.0 if v["instance_id"] is not None else 0.0,
     )
     proxy_protocol: bool = setting(
         "OXIDICOM_PROXY_PROTOCOL",

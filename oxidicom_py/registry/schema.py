@@ -182,6 +182,17 @@ CREATE TABLE IF NOT EXISTS {INSTANCES_TABLE} (
 """
 """One row per live (or recently dead) receiver instance; ``boot`` changes at every start."""
 
+RECONCILE_TABLE: Final = "oxidicom_reconcile_state"
+
+RECONCILE_DDL: Final = f"""
+CREATE TABLE IF NOT EXISTS {RECONCILE_TABLE} (
+    id integer PRIMARY KEY CHECK (id = 1),
+    watermark double precision NULL,
+    passed timestamp with time zone NULL
+)
+"""
+"""One row: up to when (epoch seconds, the files' clock) the last reconciliation pass looked."""
+
 
 def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
@@ -195,7 +206,7 @@ def ddl_statements() -> list[str]:
     ]
     statements += [_PROGRESS_NOTIFY_DDL.strip(), _PROGRESS_TRIGGER_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
-    statements.append(INSTANCES_DDL.strip())
+    statements += [INSTANCES_DDL.strip(), RECONCILE_DDL.strip()]
     statements += jobs_ddl()
     return statements
 

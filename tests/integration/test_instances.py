@@ -140,3 +140,70 @@ def test_a_starting_instance_leaves_another_instances_in_flight_file_alone(tmp_p
     assert not list(staging.rglob("*.part"))
     assert _instances(db_uri) == {}  # both left on a clean stop
     assert os.path.isdir(staging / "r1")
+
+
+def test_a_crashed_hosts_acknowledged_files_are_registered_by_another_host(tmp_path: Path, db_uri: str) -> None:
+    """r1 acknowledges 20 instances while the database is too slow to have registered them, then
+    the whole host dies (SIGKILL). r2, sharing database and files root, registers every one of
+    them by its periodic reconciliation (interval + grace), counts nothing twice, ends the series
+    ``incomplete`` (no count, then quiet) and reaps r1's staging folder."""
+    import signal
+
+    from harness import storescu
+
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        ensure_schema_sync(conn)
+        conn.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        )
+    files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=10, rows=32, cols=32)
+    shared = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_INSTANCE_STALE_AFTER": "2",
+        "OXIDICOM_RECONCILE_INTERVAL": "1",
+        "OXIDICOM_RECONCILE_GRACE": "1",
+        "OXIDICOM_SERIES_QUIESCENCE": "3",
+    }
+    root = tmp_path / "files"
+    with ServeProcess({**shared, "OXIDICOM_INSTANCE_ID": "r2"}, tmp_path) as r2:
+        r1 = ServeProcess({**shared, "OXIDICOM_INSTANCE_ID": "r1"}, tmp_path).__enter__()
+        try:
+            storescu(r1.port, calling="CRASHED", files=files)  # every C-STORE answered Success
+            stored = sorted(str(p.relative_to(root)) for p in (root / "SERVICES").rglob("*.dcm"))
+            assert len(stored) == 20
+            (root / ".oxidicom-staging" / "r1" / "w-leftover").mkdir()  # as if a worker died mid-instance
+            (root / ".oxidicom-staging" / "r1" / "w-leftover" / "x.part").write_bytes(b"partial")
+            assert r1.proc is not None
+            r1.proc.send_signal(signal.SIGKILL)  # the host dies; its workers with it
+            r1.proc.wait(10)
+        finally:
+            r1.stop()
+        with psycopg.connect(db_uri, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")
+
+        def registered() -> list[str]:
+            with psycopg.connect(db_uri) as conn:
+                rows = conn.execute("SELECT fname FROM pacsfiles_pacsfile WHERE fname LIKE 'SERVICES/PACS/CRASHED/%'")
+                return sorted(r[0] for r in rows.fetchall())
+
+        wait_until(lambda: registered() == stored, 30, what="r1's acknowledged files registered by r2")
+        wait_until(lambda: not (root / ".oxidicom-staging" / "r1").exists(), 30, what="r1's staging reaped")
+
+        def series() -> list[tuple[str, int, str | None]]:
+            with psycopg.connect(db_uri) as conn:
+                rows = conn.execute(
+                    "SELECT state, received, end_reason FROM oxidicom_series_progress WHERE pacs_identifier = 'CRASHED'"
+                )
+                return sorted(rows.fetchall())
+
+        wait_until(lambda: [s[0] for s in series()] == ["incomplete", "incomplete"], 30, what="both series ended")
+        assert [s[1] for s in series()] == [10, 10]  # counted once each: no duplicate from the race
+        assert set(_instances(db_uri)) == {"r2"}
+    reaped = [line for line in r2.lines if "reaped the staging folder" in str(line.get("msg"))]
+    assert reaped and reaped[0]["instance"] == "r1" and reaped[0]["staged_removed"] == 1

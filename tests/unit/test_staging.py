@@ -109,3 +109,20 @@ def test_instance_id_setting() -> None:
         with pytest.raises(SettingsError, match="OXIDICOM_INSTANCE_ID"):
             load({"OXIDICOM_INSTANCE_ID": bad})
     assert load({"OXIDICOM_INSTANCE_STALE_AFTER": "5"}).instance_stale_after == 5.0
+
+
+def test_an_incremental_reconciliation_lists_only_series_folders_changed_since_the_watermark(tmp_path: Path) -> None:
+    from oxidicom_py.registry.reconcile import _folders_with_instances
+
+    old = tmp_path / "SERVICES/PACS/P/patient/study/old-series"
+    new = tmp_path / "SERVICES/PACS/P/patient/study/new-series"
+    for folder in (old, new):
+        folder.mkdir(parents=True)
+        (folder / "0001-1.dcm").write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    os.utime(old, (hour_ago, hour_ago))
+    every = [folder for folder, _files in _folders_with_instances(tmp_path)]
+    assert every == ["SERVICES/PACS/P/patient/study/new-series", "SERVICES/PACS/P/patient/study/old-series"]
+    changed = [folder for folder, _files in _folders_with_instances(tmp_path, since=time.time() - 60)]
+    assert changed == ["SERVICES/PACS/P/patient/study/new-series"]
+    assert list(_folders_with_instances(tmp_path, older_than=time.time() - 60)) == []  # too young, both
