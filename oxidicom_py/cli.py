@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="oxidicom-py", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{serve,watch,rules,process,jobs,deliveries,module}"
+        dest="command", required=True, metavar="{serve,migrate,watch,rules,process,jobs,deliveries,module}"
     )
     serve = sub.add_parser("serve", help="receive DICOM (C-STORE, C-ECHO); configured by OXIDICOM_* variables")
     serve.set_defaults(func=cmd_serve)
@@ -172,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--slots-fd", type=int, default=-1, help="shared association slots (see net/slots.py)")
     worker.add_argument("--workers", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
-    from oxidicom_py.commands import deliveries_cmd, jobs_cmd, process_cmd, rules_cmd, watch
+    from oxidicom_py.commands import deliveries_cmd, jobs_cmd, migrate_cmd, process_cmd, rules_cmd, watch
 
     watch.add_parser(sub)
     rules_cmd.add_parser(sub)
     process_cmd.add_parser(sub)
     jobs_cmd.add_parser(sub)
     deliveries_cmd.add_parser(sub)
+    migrate_cmd.add_parser(sub)
     module = sub.add_parser("module", help="run an example processing module (reads the module contract's variables)")
     module.add_argument("name", choices=["volume-report", "burn-in"])
     module.set_defaults(func=cmd_module)

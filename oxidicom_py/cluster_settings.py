@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import setting
-from oxidicom_py.setting_parsers import SettingsError, networks, non_negative_float, parse_bool, positive_float
+from oxidicom_py.setting_parsers import (
+    SettingsError,
+    choice,
+    networks,
+    non_negative_float,
+    parse_bool,
+    positive_float,
+)
 
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
@@ -92,6 +99,19 @@ class ClusterSettings(ReceiveSettings):
         ),
         ours=True,
         derive=lambda v: 10.0 if v["instance_id"] is not None else 0.0,
+    )
+    db_migrate: str = setting(
+        "OXIDICOM_DB_MIGRATE",
+        choice("auto", "off"),
+        default="auto",
+        shown="`auto`",
+        doc=(
+            "`auto`: `serve` creates or upgrades the schema itself at start (the one-machine case; an index "
+            "missing on an existing CUBE table is built `CONCURRENTLY`). `off`: it only checks the schema "
+            "and stops with one line naming what is missing; a cluster runs `oxidicom-py migrate` once "
+            "instead (a Kubernetes Job), so receivers need no CREATE rights."
+        ),
+        ours=True,
     )
     proxy_protocol: bool = setting(
         "OXIDICOM_PROXY_PROTOCOL",

@@ -25,9 +25,9 @@ from psycopg_pool import AsyncConnectionPool
 from oxidicom_py.net import balance
 from oxidicom_py.net.server import LISTEN_BACKLOG
 from oxidicom_py.net.slots import SharedAssociationSlots
-from oxidicom_py.registry.embedded import EmbeddedPostgres
+from oxidicom_py.registry.embedded import EmbeddedPostgres, ServerOfAnotherHost
 from oxidicom_py.registry.instances import Instance, InstanceIdInUse, keep_beating, stop_beating
-from oxidicom_py.registry.schema import ensure_schema
+from oxidicom_py.registry.migrate import migrate, problems
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.writer import FilesRoot, staging_folder
 
@@ -92,7 +92,10 @@ async def prepare(settings: Settings) -> Prepared:
             )
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         embedded = EmbeddedPostgres(settings.pgdata.resolve())
-        uri = await asyncio.to_thread(embedded.start)
+        try:
+            uri = await asyncio.to_thread(embedded.start)
+        except ServerOfAnotherHost as e:
+            raise StartupError(str(e)) from None
         log.info("using embedded PostgreSQL", extra={"pgdata": str(settings.pgdata.resolve()), "database": uri})
     else:
         uri = settings.db_connection
@@ -103,8 +106,8 @@ async def prepare(settings: Settings) -> Prepared:
         prepared.pool = make_pool(uri, 1)
         await prepared.pool.open(wait=True, timeout=DB_CONNECT_TIMEOUT)
         instance = Instance(settings.instance, settings.files_root.resolve(), settings.instance_stale_after)
+        await _schema(settings, uri)
         async with prepared.pool.connection() as conn:
-            await ensure_schema(conn)
             try:
                 await instance.claim(conn)
             except InstanceIdInUse as e:
@@ -127,6 +130,22 @@ async def prepare(settings: Settings) -> Prepared:
         },
     )
     return prepared
+
+
+async def _schema(settings: Settings, uri: str) -> None:
+    """Create or upgrade it (``OXIDICOM_DB_MIGRATE=auto``), or only check it (``off``)."""
+    async with await psycopg.AsyncConnection.connect(uri, connect_timeout=int(DB_CONNECT_TIMEOUT)) as conn:
+        if settings.db_migrate == "auto":
+            built = await migrate(conn)
+            if built:
+                log.warning("indexes built concurrently on the existing files table", extra={"indexes": built})
+            return
+        missing = await problems(conn)
+    if missing:
+        raise StartupError(
+            f"OXIDICOM_DB_MIGRATE=off: the database schema is not in place (missing: {', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}): run `oxidicom-py migrate` once first"
+        )
 
 
 class StartupError(RuntimeError):

@@ -84,11 +84,19 @@ def non_negative_float(name: str, raw: str) -> float:
     return v
 
 
-def implementation(name: str, raw: str) -> str:
-    v = raw.strip().lower()
-    if v not in {"asyncio", "pynetdicom"}:
-        raise SettingsError(f"{name}: expected asyncio or pynetdicom, got {raw!r}")
-    return v
+def choice(*allowed: str) -> Callable[[str, str], str]:
+    """One of ``allowed`` (case-insensitive)."""
+
+    def parse(name: str, raw: str) -> str:
+        v = raw.strip().lower()
+        if v not in allowed:
+            raise SettingsError(f"{name}: expected {' or '.join(allowed)}, got {raw!r}")
+        return v
+
+    return parse
+
+
+implementation = choice("asyncio", "pynetdicom")
 
 
 def parse_ae_title(name: str, raw: str) -> str:

@@ -23,6 +23,7 @@ import logging
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import threading
 import warnings
@@ -90,6 +91,7 @@ class EmbeddedPostgres:
             return self._uri
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.pgdata.mkdir(exist_ok=True)
+        _check_host(self.pgdata)
         with _thread_lock:
             with _library_lock():
                 _remove_stale_pid_file(self.pgdata)
@@ -104,6 +106,7 @@ class EmbeddedPostgres:
                 _prune_handle_list(self.pgdata)
             self._server = server
             self._uri = server.get_uri()
+            (self.pgdata / HOST_FILE).write_text(socket.gethostname() + "\n")
         _log.info("embedded PostgreSQL ready", extra={"pgdata": str(self.pgdata), "pid": self.pid})
         return self._uri
 
@@ -153,6 +156,29 @@ class EmbeddedPostgres:
 
 
 # -- stale-server cleanup ------------------------------------------------------------------
+
+
+HOST_FILE = "oxidicom-host"
+"""In the data folder: the host whose server last started on it (PIDs only mean something there)."""
+
+
+class ServerOfAnotherHost(RuntimeError):
+    """The data folder's server was started on another host: whether it runs cannot be told here."""
+
+
+def _check_host(pgdata: Path) -> None:
+    """Refuse a data folder whose ``postmaster.pid`` was left by a server of another host (a
+    shared state folder): judging that PID here could start a second postmaster on one pgdata."""
+    try:
+        host = (pgdata / HOST_FILE).read_text().strip()
+    except FileNotFoundError:
+        return
+    if host and host != socket.gethostname() and (pgdata / "postmaster.pid").exists():
+        raise ServerOfAnotherHost(
+            f"OXIDICOM_STATE_DIR: the embedded database in {pgdata} was started on host {host!r} and may still "
+            "run there: stop it there (or remove its postmaster.pid if that host is gone), give this host its own "
+            "state folder, or set OXIDICOM_DB_CONNECTION"
+        )
 
 
 def stop_stale_servers(root: Path, *, only_orphans: bool = True) -> int:
