@@ -6,15 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Third-party peers the tests run for real: Orthanc (the PACS), DCMTK (storescu, dcmsend, echoscu),
-# GDCM (gdcmscu), dicom3tools (dciodvfy) and HAProxy (the load balancer in front of receivers).
+# GDCM (gdcmscu), dicom3tools (dciodvfy), HAProxy (the load balancer in front of receivers) and
+# iproute2 (ip netns, tc: the simulated hosts of tests/test_scale_out.py).
 if ! command -v storescu >/dev/null 2>&1 || ! command -v Orthanc >/dev/null 2>&1 \
   || ! command -v gdcmscu >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 \
-  || ! command -v haproxy >/dev/null 2>&1; then
+  || ! command -v haproxy >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing Debian packages: orthanc dcmtk libgdcm-tools dicom3tools haproxy"
+  echo "installing Debian packages: orthanc dcmtk libgdcm-tools dicom3tools haproxy iproute2"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc dcmtk libgdcm-tools dicom3tools haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq orthanc dcmtk libgdcm-tools dicom3tools haproxy iproute2 \
+    >/dev/null
 fi
 
 source ./scripts/venv.sh
