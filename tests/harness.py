@@ -367,3 +367,29 @@ def storescu(
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def slow_inserts(db_uri: str, seconds: float) -> None:
+    """Make every INSERT statement on the files table take ``seconds`` (the schema is created
+    first): registration lags behind acknowledged files, as with an overloaded database.
+    :func:`fast_inserts` undoes it."""
+    import psycopg
+
+    from oxidicom_py.registry.schema import ensure_schema_sync
+
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        ensure_schema_sync(conn)
+        conn.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_sleep({float(seconds)}); RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
+        )
+
+
+def fast_inserts(db_uri: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_uri, autocommit=True) as conn:
+        conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")

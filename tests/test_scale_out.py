@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from harness import load_script, peer_env, wait_until
+from harness import fast_inserts, load_script, peer_env, slow_inserts, wait_until
 from netns import Network, can_simulate_hosts
 
 pytestmark = [
@@ -157,14 +157,7 @@ def test_two_receiver_hosts_behind_haproxy(cluster: dict[str, Any], tmp_path: Pa
         "400ms",
     )
     subprocess.run(network.hosts["pacs"].command(*shaping), check=True, timeout=30)
-    with psycopg.connect(db, autocommit=True) as conn:  # rows lag behind files: the kill must leave orphans
-        conn.execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$"
-        )
-        conn.execute(
-            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
-        )
+    slow_inserts(db, 3)  # rows lag behind acknowledged files
     files = synthetic.generate(tmp_path / "c", n_series=10, slices=40, rows=128, cols=128, seed=2)
     pushes = _push(network, [files[i * 40 : (i + 1) * 40] for i in range(10)], "PUSHC")
     r1_before = len(receivers["r1"].said("association accepted"))
@@ -175,8 +168,7 @@ def test_two_receiver_hosts_behind_haproxy(cluster: dict[str, Any], tmp_path: Pa
     )
     receivers["r1"].signal(signal.SIGKILL)  # the whole host: its PID namespace dies with it
     killed_at = time.monotonic()
-    with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")
+    fast_inserts(db)
     echoes = [
         network.hosts["pacs"].run("/usr/bin/echoscu", "-aec", "OXI", BALANCER, "11111", env=peer_env(), timeout=30)
         for _ in range(20)

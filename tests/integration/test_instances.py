@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from harness import load_script, wait_until
+from harness import fast_inserts, load_script, slow_inserts, wait_until
 from peers import ServeProcess
 
 from oxidicom_py import runtime
@@ -151,15 +151,7 @@ def test_a_crashed_hosts_acknowledged_files_are_registered_by_another_host(tmp_p
 
     from harness import storescu
 
-    with psycopg.connect(db_uri, autocommit=True) as conn:
-        ensure_schema_sync(conn)
-        conn.execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
-        )
-        conn.execute(
-            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
-        )
+    slow_inserts(db_uri, 5)  # rows lag behind acknowledged files
     files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=10, rows=32, cols=32)
     shared = {
         "OXIDICOM_DB_CONNECTION": db_uri,
@@ -184,8 +176,7 @@ def test_a_crashed_hosts_acknowledged_files_are_registered_by_another_host(tmp_p
             r1.proc.wait(10)
         finally:
             r1.stop()
-        with psycopg.connect(db_uri, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")
+        fast_inserts(db_uri)
 
         def registered() -> list[str]:
             with psycopg.connect(db_uri) as conn:

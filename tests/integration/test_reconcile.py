@@ -10,7 +10,7 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
-from harness import load_script, storescu, wait_until
+from harness import fast_inserts, load_script, slow_inserts, storescu, wait_until
 from peers import ServeProcess
 from psycopg.rows import dict_row
 
@@ -71,17 +71,8 @@ def test_stored_files_without_rows_are_registered_at_start_up(tmp_path: Path, db
 def test_killed_workers_lose_no_acknowledged_instance(tmp_path: Path, db_uri: str) -> None:
     """kill -9 every worker while the database is too slow to have registered what they
     acknowledged: after the supervisor restarts them, every stored file has exactly one row."""
-    from oxidicom_py.registry.schema import ensure_schema_sync
 
-    with psycopg.connect(db_uri, autocommit=True) as conn:
-        ensure_schema_sync(conn)
-        conn.execute(
-            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(5); RETURN NULL; END $$"
-        )
-        conn.execute(
-            "CREATE TRIGGER slow BEFORE INSERT ON pacsfiles_pacsfile FOR EACH STATEMENT EXECUTE FUNCTION slow()"
-        )
+    slow_inserts(db_uri, 5)  # rows lag behind acknowledged files
     files = load_script("synthetic").generate(tmp_path / "src", n_series=2, slices=10, rows=32, cols=32)
     env = _env(db_uri, tmp_path, OXIDICOM_LISTENER_PROCESSES="2")
     with ServeProcess(env, tmp_path) as rx:
@@ -93,8 +84,7 @@ def test_killed_workers_lose_no_acknowledged_instance(tmp_path: Path, db_uri: st
         for w in workers:
             os.kill(w.pid, signal.SIGKILL)
         wait_until(lambda: sum(1 for line in rx.lines if line.get("msg") == "worker died; starting a new one") == 2, 20)
-        with psycopg.connect(db_uri, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER slow ON pacsfiles_pacsfile")
+        fast_inserts(db_uri)
         wait_until(lambda: len(_rows(db_uri)) == 20, 60, what="every acknowledged instance registered")
         assert sorted(r["fname"] for r in _rows(db_uri)) == sorted(
             str(p.relative_to(tmp_path / "files")) for p in stored
