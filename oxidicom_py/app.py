@@ -257,10 +257,13 @@ async def run_worker(
     on_ready: Callable[[Worker], None],
     reconcile: bool = False,
     on_stop: Callable[[], None] | None = None,
+    drain_delay: float = 0.0,
 ) -> bool:
     """Run one worker until SIGTERM/SIGINT, then drain; True when it drained in time.
     ``reconcile``: also register stored files the database lacks (the single-process mode;
-    with a pool of workers the supervisor does it)."""
+    with a pool of workers the supervisor does it). ``on_stop`` is called at the signal, then
+    the worker goes on accepting for ``drain_delay`` seconds (the single-process mode; a pool's
+    supervisor waits before it signals its workers)."""
     stop = asyncio.Event()
     runtime.on_stop_signal(stop.set)
     worker = await build_worker(settings, db_uri, sock, share)
@@ -282,6 +285,7 @@ async def run_worker(
     await stop.wait()
     if on_stop is not None:
         on_stop()
+    await runtime.drain_delay(drain_delay)
     log.info("draining")
     if reconciler is not None:
         await reconciler.close()
@@ -322,6 +326,7 @@ async def serve_single(settings: Settings) -> int:
                 on_ready=ready,
                 reconcile=True,
                 on_stop=telemetry.draining if telemetry is not None else None,
+                drain_delay=settings.drain_delay,
             )
         finally:
             if companion is not None:

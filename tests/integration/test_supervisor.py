@@ -91,6 +91,8 @@ def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files:
         assert rx.proc is not None
         rx.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: any(line.get("msg") == "draining" for line in rx.lines), 10, what="draining")
+        # the port closes at once (no drain delay): a new connection is refused, not queued
+        wait_until(lambda: _echo(rx.port) != 0, 10, what="new connections refused")
         statuses = [scu.store(1, cls, inst, data)[0] for (cls, inst), data in datasets[1:]]
         assert statuses == [0] * 5
         assert rx.proc.poll() is None  # still serving the open association
@@ -100,13 +102,42 @@ def test_sigterm_drains_running_associations(tmp_path: Path, db_uri: str, files:
         wait_until(
             lambda: any(line.get("msg") == "stopped" and line.get("clean") for line in rx.lines), 10, what="stopped"
         )
-        refused = subprocess.run(
-            ["/usr/bin/echoscu", "-aec", "OXIDICOMTEST", LOOPBACK, str(rx.port)],
-            env=peer_env(),
-            capture_output=True,
-            timeout=30,
+        assert _echo(rx.port) != 0
+
+
+def _echo(port: int) -> int:
+    return subprocess.run(
+        ["/usr/bin/echoscu", "-to", "5", "-aec", "OXIDICOMTEST", LOOPBACK, str(port)],
+        env=peer_env(),
+        capture_output=True,
+        timeout=30,
+    ).returncode
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_drain_delay_keeps_accepting_until_it_ends_or_a_second_signal(
+    tmp_path: Path, db_uri: str, processes: int
+) -> None:
+    """``OXIDICOM_DRAIN_DELAY``: after SIGTERM new associations are still accepted (a balancer
+    needs a few seconds to see /readyz fail); a second signal ends the delay, then the port is
+    closed while an open association still finishes."""
+    env = {**_env(db_uri, tmp_path, processes), "OXIDICOM_DRAIN_DELAY": "600"}
+    with ServeProcess(env, tmp_path) as rx:
+        scu = RawScu(rx.port, [(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])], called="OXIDICOMTEST")
+        assert rx.proc is not None
+        rx.proc.send_signal(signal.SIGTERM)
+        wait_until(
+            lambda: any(str(line.get("msg", "")).startswith("draining: accepting") for line in rx.lines),
+            10,
+            what="the drain delay",
         )
-        assert refused.returncode != 0
+        assert [_echo(rx.port) for _ in range(3)] == [0, 0, 0]  # still accepted
+        rx.proc.send_signal(signal.SIGTERM)  # the second signal: no more waiting
+        wait_until(lambda: _echo(rx.port) != 0, 20, what="new connections refused")
+        assert rx.proc.poll() is None  # the open association keeps it running
+        assert scu.echo(1) == 0
+        scu.release()
+        assert rx.proc.wait(60) == 0
 
 
 def test_four_simultaneous_associations_split_two_and_two(tmp_path: Path, db_uri: str) -> None:
