@@ -118,6 +118,9 @@ class _Rows:
     def ended(self, outcome: str, counts: Any) -> None:
         pass
 
+    def refused(self, series_uid: str, problem: str) -> None:
+        pass
+
 
 class _Transport:
     """Enough of a transport for the protocol: it answers into the void."""

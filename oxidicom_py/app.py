@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from oxidicom_py import runtime
 from oxidicom_py.completion import counted_insert, progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
+from oxidicom_py.cube.sink import CubeSink, calling_ae_check, make_sink
 from oxidicom_py.dicom.config import AcceptorConfig
 from oxidicom_py.dicom.negotiation import AcceptancePolicy
 from oxidicom_py.flow import Pipeline
@@ -94,6 +95,8 @@ class Worker:
     """The processing rules in force (``OXIDICOM_RULES``), read again when the file changes."""
     trigger: Trigger | None = None
     """Defers the rules' jobs in the transactions that end series."""
+    cube: CubeSink | None = None
+    """Registration tasks and LONK progress for current ChRIS, when configured."""
 
 
 async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, share: WorkerShare) -> Worker:
@@ -109,6 +112,9 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     )
     executor = ThreadPoolExecutor(max_workers=runtime.IO_THREADS, thread_name_prefix="oxidicom-io")
     cfind_executor = ThreadPoolExecutor(max_workers=runtime.CFIND_THREADS, thread_name_prefix="oxidicom-cfind")
+    cube = make_sink(settings)
+    if cube is not None:
+        cube.start()
     tracker = Tracker(
         files,
         registrar,
@@ -121,6 +127,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
         ),
         cfind_executor,
         executor if files.fsync else None,
+        cube,
     )
     pipeline = Pipeline(registrar, tracker)
     ingest = StorageStage(files, executor if files.fsync else None, pipeline.observe)
@@ -135,6 +142,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
         check_called_aet=settings.scp_check_called_aet,
         idle_timeout=settings.scp_idle_timeout or None,
         pdu_timeout=settings.scp_pdu_timeout or None,
+        calling_ae_check=calling_ae_check(settings),
     )
     listener: Listener | PynetdicomListener
     if settings.scp_implementation == "pynetdicom":
@@ -176,6 +184,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
         sampler,
         rules,
         trigger,
+        cube,
     )
 
 
@@ -196,6 +205,8 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
     except TimeoutError:
         clean = False
         log.warning("series markers still pending at shutdown", extra={"pending": len(worker.tracker.tasks)})
+    if worker.cube is not None:
+        await worker.cube.close()
     worker.sweeper.cancel()
     try:
         await asyncio.wait_for(worker.registrar.close(), timeout)

@@ -72,6 +72,10 @@ class AssociationFlow:
         if self.registrations is not None:
             self.registrations.append(future)
 
+    def refused(self, series_uid: str, problem: str) -> None:
+        if self.series is not None:
+            self.series.refused(series_uid, problem)
+
     def ended(self, outcome: str, counts: AssociationCounts) -> None:
         if self.series is not None:
             self.series.ended(outcome)

@@ -28,8 +28,10 @@ from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.registry.embedded import EmbeddedPostgres, ServerOfAnotherHost
 from oxidicom_py.registry.instances import Instance, InstanceIdInUse, keep_beating, stop_beating
 from oxidicom_py.registry.migrate import migrate, problems
+from oxidicom_py.registry.schema import with_schema
 from oxidicom_py.settings import Settings
 from oxidicom_py.storage.writer import FilesRoot, staging_folder
+from oxidicom_py.telemetry.logs import redact
 
 if TYPE_CHECKING:
     from oxidicom_py.telemetry.endpoint import Endpoint
@@ -49,16 +51,6 @@ SUPERVISOR_DB_POOL = 2
 """Connections of the supervisor's own housekeeping (reconciliation)."""
 READY_TIMEOUT = 60.0
 """Seconds every worker has to become ready at start-up."""
-
-
-def redact(uri: str) -> str:
-    """A connection string without its password, for logs."""
-    if "://" in uri and "@" in uri.split("://", 1)[1]:
-        scheme, rest = uri.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return uri
 
 
 @dataclass
@@ -100,6 +92,7 @@ async def prepare(settings: Settings) -> Prepared:
     else:
         uri = settings.db_connection
         log.info("using PostgreSQL", extra={"database": redact(uri)})
+    uri = with_schema(uri, settings.db_schema)
     prepared = Prepared(uri, embedded)
     try:
         await check_database(uri, "the embedded database" if embedded is not None else "OXIDICOM_DB_CONNECTION")

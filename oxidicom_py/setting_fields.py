@@ -9,6 +9,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from oxidicom_py.setting_parsers import SettingsError
+
 
 def setting(
     env: str,
@@ -20,14 +22,24 @@ def setting(
     doc: str,
     ours: bool = False,
     derive: Callable[[dict[str, Any]], Any] | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Any:
     """A :class:`Settings` field read from ``env`` with ``parse(env, raw)``.
 
     ``shown``: the default as the README shows it; ``doc``: its meaning there; ``ours``: a
     variable the reference receiver does not have; ``derive``: the default computed from the
-    fields before it (e.g. the files root from the state folder), when ``env`` is unset.
+    fields before it (e.g. the files root from the state folder), when ``env`` is unset;
+    ``aliases``: older names read when ``env`` is unset (two set to different values is an error).
     """
-    metadata = {"env": env, "parse": parse, "shown": shown, "doc": doc, "ours": ours, "derive": derive}
+    metadata = {
+        "env": env,
+        "parse": parse,
+        "shown": shown,
+        "doc": doc,
+        "ours": ours,
+        "derive": derive,
+        "aliases": aliases,
+    }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -57,9 +69,15 @@ def read_fields(fields: Sequence[dataclasses.Field[Any]], env: Mapping[str, str]
     values: dict[str, Any] = {}
     for f in fields:
         meta = f.metadata
-        raw = env.get(meta["env"])
+        name, raw = meta["env"], env.get(meta["env"])
+        for alias in meta["aliases"]:
+            other = env.get(alias)
+            if other is not None and raw is not None and other != raw:
+                raise SettingsError(f"{alias}: set to another value than {name}, which it is another name of")
+            if raw is None and other is not None:
+                name, raw = alias, other
         if raw is not None:
-            values[f.name] = meta["parse"](meta["env"], raw)
+            values[f.name] = meta["parse"](name, raw)
         elif meta["derive"] is not None:
             values[f.name] = meta["derive"](values)
         elif f.default_factory is not dataclasses.MISSING:

@@ -172,3 +172,61 @@ def queue_list(name: str, raw: str) -> tuple[str, ...] | None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", queue):
             raise SettingsError(f"{name}: {queue!r} is not a queue name (letters, digits, '_', '.', '-')")
     return names or None
+
+
+_DURATION_PART = re.compile(r"\s*(\d+)\s*([A-Za-z]+)")
+_DURATION_UNITS = {
+    **dict.fromkeys(("nsec", "ns"), 1e-9),
+    **dict.fromkeys(("usec", "us"), 1e-6),
+    **dict.fromkeys(("msec", "ms"), 1e-3),
+    **dict.fromkeys(("seconds", "second", "sec", "s"), 1.0),
+    **dict.fromkeys(("minutes", "minute", "min", "m"), 60.0),
+    **dict.fromkeys(("hours", "hour", "hr", "h"), 3600.0),
+    **dict.fromkeys(("days", "day", "d"), 86400.0),
+}
+
+
+def duration(name: str, raw: str) -> float:
+    """Seconds, from oxidicom's humantime syntax: ``500ms``, ``2s``, ``1m 30s``, ``1h30m``."""
+    text = raw.strip()
+    total, pos = 0.0, 0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        unit = _DURATION_UNITS.get(m.group(2)) if m else None
+        if m is None or unit is None:
+            raise SettingsError(f"{name}: expected a duration such as 500ms, 2s or 1m 30s, got {raw!r}")
+        total += int(m.group(1)) * unit
+        pos = m.end()
+    if not text:
+        raise SettingsError(f"{name}: expected a duration such as 500ms, 2s or 1m 30s, got {raw!r}")
+    return total
+
+
+def broker_url(name: str, raw: str) -> str:
+    """A Celery broker URL: ``amqp://``, ``amqps://``, ``redis://`` or ``rediss://``."""
+    value = raw.strip()
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme not in ("amqp", "amqps", "pyamqp", "redis", "rediss"):
+        raise SettingsError(f"{name}: expected an amqp:// or redis:// URL, got {raw!r}")
+    return value
+
+
+def nats_address(name: str, raw: str) -> str:
+    """A NATS server: ``host:port`` as oxidicom takes it, or a ``nats://`` / ``tls://`` URL."""
+    value = raw.strip()
+    if "://" not in value:
+        value = f"nats://{value}"
+    scheme, rest = value.split("://", 1)
+    if scheme not in ("nats", "tls") or not rest or rest.startswith(":"):
+        raise SettingsError(f"{name}: expected host:port or nats://host:port, got {raw!r}")
+    return value
+
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def schema_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not _SCHEMA_NAME.fullmatch(value):
+        raise SettingsError(f"{name}: expected a lower-case PostgreSQL schema name, got {raw!r}")
+    return value

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oxidicom_py.cluster_settings import ClusterSettings
+from oxidicom_py.cube_settings import CubeSettings
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import markdown_table, read_fields, setting
 from oxidicom_py.setting_parsers import (
@@ -36,8 +36,8 @@ __all__ = ["ReceiveSettings", "Settings", "SettingsError", "load", "readme_table
 
 
 @dataclass(frozen=True, slots=True)
-class Settings(ClusterSettings):
-    """Every setting: the receiving half's, several instances', then processing's."""
+class Settings(CubeSettings):
+    """Every setting: the receiving half's, several instances', CUBE's, then processing's."""
 
     rules: Path | None = setting(
         "OXIDICOM_RULES",
@@ -131,7 +131,7 @@ class Settings(ClusterSettings):
 
 
 VARIABLES: tuple[dataclasses.Field[Any], ...] = tuple(dataclasses.fields(Settings))
-DOCUMENTED = tuple(f.metadata["env"] for f in VARIABLES)
+DOCUMENTED = tuple(f.metadata["env"] for f in VARIABLES) + tuple(a for f in VARIABLES for a in f.metadata["aliases"])
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:
@@ -146,6 +146,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         )
     if values.get("proxy_protocol") and values.get("scp_implementation") == "pynetdicom":
         raise SettingsError("OXIDICOM_PROXY_PROTOCOL: not available with OXIDICOM_SCP_IMPLEMENTATION=pynetdicom")
+    if values.get("registration") in ("celery", "both") and values.get("celery_broker") is None:
+        raise SettingsError(
+            f"OXIDICOM_CELERY_BROKER: required when OXIDICOM_REGISTRATION={values['registration']} "
+            "(CUBE's broker, amqp://... or redis://...)"
+        )
     return Settings(**values)
 
 

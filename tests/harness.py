@@ -113,6 +113,9 @@ class Collector:
     def ended(self, outcome: str, counts: Any) -> None:
         self.receiver.outcomes.append(counts)
 
+    def refused(self, series_uid: str, problem: str) -> None:
+        pass
+
 
 class InProcessReceiver:
     """The real listener and storage path on a background uvloop; registration collected in a list."""

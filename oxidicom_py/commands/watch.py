@@ -116,11 +116,14 @@ class DatabaseUnavailableError(RuntimeError):
 
 
 def database_uri(s: settings_mod.Settings) -> str:
-    """``OXIDICOM_DB_CONNECTION``, else the URI of the running embedded server of the state dir."""
+    """``OXIDICOM_DB_CONNECTION``, else the URI of the running embedded server of the state dir
+    (our tables in ``OXIDICOM_DB_SCHEMA``)."""
+    from oxidicom_py.registry.schema import with_schema
+
     if s.db_connection is not None:
-        return s.db_connection
+        return with_schema(s.db_connection, s.db_schema)
     try:
-        return embedded.client_uri(s.pgdata)
+        return with_schema(embedded.client_uri(s.pgdata), s.db_schema)
     except embedded.NotRunningError as e:
         raise DatabaseUnavailableError(
             f"{e} (OXIDICOM_STATE_DIR={s.state_dir}): "

@@ -24,7 +24,7 @@ import posixpath
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from oxidicom_py.completion import progress
 from oxidicom_py.completion.events import SeriesEnded
@@ -60,6 +60,20 @@ class CFindSettings:
     """Further C-FINDs allowed per series and association, the last kept for its end."""
 
 
+class SeriesSink(Protocol):
+    """Told, per association, how each of its series goes (what oxidicom v3/v4 tells CUBE:
+    :class:`oxidicom_py.cube.sink.CubeSink`). Called on the event loop; must not block."""
+
+    def stored(self, info: AssociationInfo, first: PacsFileRow, count: int) -> None:
+        """A file of the series of ``first`` is in place; ``count`` stored in this association so far."""
+
+    def refused(self, info: AssociationInfo, series_uid: str, problem: str) -> None:
+        """An instance of ``series_uid`` was answered with a failure status."""
+
+    def finished(self, info: AssociationInfo, first: PacsFileRow, folder: str, count: int) -> None:
+        """The association is over: ``count`` files of the series are in ``folder``."""
+
+
 @dataclass(slots=True)
 class _Series:
     folder: str
@@ -77,6 +91,8 @@ class _Series:
     asks: int = 0
     marker_value: str | None = None
     """The value of the newest NumberOfSeriesRelatedInstances marker written."""
+    first: PacsFileRow | None = None
+    """The series' first instance in this association (what a :class:`SeriesSink` reports)."""
 
 
 def marker_path(series_folder: str, ulid: str, key: str, value: str) -> str:
@@ -93,7 +109,9 @@ class Tracker:
         cfind: CFindSettings,
         cfind_executor: Executor,
         files_executor: Executor | None,
+        sink: SeriesSink | None = None,
     ) -> None:
+        self.sink = sink
         self.files = files
         self.registrar = registrar
         self.cfind = cfind
@@ -159,6 +177,7 @@ class AssociationSeries:
                 row.StudyInstanceUID,
                 row.PatientID,
                 row.StudyDate,
+                first=row,
             )
             self.series[folder] = s
             if self.address is None:
@@ -195,11 +214,22 @@ class AssociationSeries:
             )
         future = self.tracker.registrar.submit(row, extra)
         s.rows.append(future)
+        sink = self.tracker.sink
+        if sink is not None:
+            assert s.first is not None
+            sink.stored(self.info, s.first, len(s.rows))
         return future
+
+    def refused(self, series_uid: str, problem: str) -> None:
+        if self.tracker.sink is not None:
+            self.tracker.sink.refused(self.info, series_uid, problem)
 
     def ended(self, outcome: str) -> None:
         released = outcome == "released"
+        sink = self.tracker.sink
         for s in self.series.values():
+            if sink is not None and s.first is not None:
+                sink.finished(self.info, s.first, s.folder, len(s.rows))
             self.tracker.spawn(self._attempted_push_count(s, released))
 
     # -- the two markers --------------------------------------------------------------------

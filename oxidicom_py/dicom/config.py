@@ -30,6 +30,9 @@ class AcceptorConfig:
     pdu_timeout: float | None = None
     """Abort when a PDU, once begun, is not complete after this many seconds (a trickling
     sender keeps the idle timer quiet but not this one). None: never."""
+    calling_ae_check: Callable[[str], str | None] | None = None
+    """Why a calling AE title cannot be served (refused with "calling AE title not recognized"
+    and the reason logged), or None; e.g. a title CUBE would not register series under."""
 
 
 Admission = Callable[[pdu.AssociateRequest, tuple[str, int]], tuple[int, int, int] | None]

@@ -57,7 +57,7 @@ _BUILD_LOCK_KEY: Final = ADVISORY_LOCK_KEY + 2
 
 _INDEX_STATE: Final = """
 SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-WHERE c.relname = %s AND c.relnamespace = 'public'::regnamespace
+WHERE c.relname = %s AND c.relnamespace = current_schema()::regnamespace
 """
 
 
@@ -73,7 +73,9 @@ async def problems(conn: psycopg.AsyncConnection) -> list[str]:
             continue
         row = await (
             await conn.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s", (table, column)
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = %s "
+                "AND column_name = %s",
+                (table, column),
             )
         ).fetchone()
         if row is None:

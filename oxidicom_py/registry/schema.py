@@ -194,9 +194,36 @@ CREATE TABLE IF NOT EXISTS {RECONCILE_TABLE} (
 """One row: up to when (epoch seconds, the files' clock) the last reconciliation pass looked."""
 
 
+_CREATE_SEARCH_PATH_SCHEMA: Final = """
+DO $$
+DECLARE first text := trim(both '"' from trim(split_part(current_setting('search_path'), ',', 1)));
+BEGIN
+    IF current_schema() IS NULL AND first <> '' AND first <> '$user' THEN
+        EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', first);
+    END IF;
+END $$
+"""
+"""The schema our tables go to (the first of the connection's ``search_path``, see
+:func:`with_schema`), created when it does not exist yet."""
+
+
+def with_schema(uri: str, schema: str) -> str:
+    """``uri`` with its ``search_path`` set to ``schema`` (``OXIDICOM_DB_SCHEMA``), so every
+    unqualified table name of ours, procrastinate's included, resolves there; ``public``: as is."""
+    if schema == "public":
+        return uri
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    options = str(conninfo_to_dict(uri).get("options") or "")
+    setting = f"-c search_path={schema}"
+    if setting in options:
+        return uri
+    return make_conninfo(uri, options=f"{options} {setting}".strip())
+
+
 def ddl_statements() -> list[str]:
     """Every statement of the schema, in execution order (all idempotent)."""
-    statements = [_PACS_DDL.strip(), _PACSFILE_DDL.strip()]
+    statements = [_CREATE_SEARCH_PATH_SCHEMA.strip(), _PACS_DDL.strip(), _PACSFILE_DDL.strip()]
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in INDEXES.items()]
     statements += [
         _PROGRESS_DDL.strip(),

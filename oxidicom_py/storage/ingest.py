@@ -58,6 +58,9 @@ class AssociationObserver(Protocol):
     def ended(self, outcome: str, counts: AssociationCounts) -> None:
         """The association is over and every instance it acknowledged was handed on."""
 
+    def refused(self, series_uid: str, problem: str) -> None:
+        """An instance of ``series_uid`` (``UNKNOWN`` without one) was answered with a failure."""
+
 
 Observe = Callable[[AssociationInfo], AssociationObserver]
 
@@ -286,18 +289,18 @@ class IncomingInstance:
         values = self._values()
         problem, study_date = check_required(values)
         if problem is not None:
-            return self._reject(problem)
+            return self._reject(problem, values=values)
         assert study_date is not None
         mismatch = dataset_mismatch(self.command, values)
         if mismatch is not None:
-            return self._reject(*mismatch)
+            return self._reject(*mismatch, values=values)
         aet = self.store.info.calling_ae
         try:
             path, shortened = fitted_instance_path(aet, values, FNAME_MAX)
         except ValueError as e:
-            return self._reject(f"no safe storage path: {e}")
+            return self._reject(f"no safe storage path: {e}", values=values)
         if len(path) > FNAME_MAX:
-            return self._reject(f"storage path of {len(path)} characters, over the {FNAME_MAX} of fname")
+            return self._reject(f"storage path of {len(path)} characters, over the {FNAME_MAX} of fname", values=values)
         if shortened:
             self.store.log.warning(
                 "storage path shortened to fit fname: descriptive values cut",
@@ -317,9 +320,11 @@ class IncomingInstance:
         try:
             staged.commit(path)
         except OSError as e:
-            if store.observer is not None:  # it still counts as attempted
-                store.observer.validated(make_row(path, aet, values, study_date, store.info.ulid))
             self._fail(f"cannot publish the file: {e}")
+            if store.observer is not None:  # it still counts as attempted
+                row = make_row(path, aet, values, study_date, store.info.ulid)
+                store.observer.validated(row)
+                store.observer.refused(row.SeriesInstanceUID, self.error or "")
             return self._failed()
         store.counts.stored += 1
         store.m_stored.inc()
@@ -334,6 +339,8 @@ class IncomingInstance:
             await loop.run_in_executor(self.store.ingest.executor, staged.commit, path)
         except OSError as e:
             self._fail(f"cannot publish the file: {e}")
+            if self.store.observer is not None:
+                self.store.observer.refused(row.SeriesInstanceUID, self.error or "")
             return self._failed()
         else:
             return self._stored(row)
@@ -352,7 +359,12 @@ class IncomingInstance:
     def _values(self) -> dict[str, str | None]:
         return values_of(self._raw, self.staged.path if self.staged else None)
 
-    def _reject(self, problem: str, status: int = dimse.CANNOT_UNDERSTAND) -> StoreResult:
+    def _reject(
+        self, problem: str, status: int = dimse.CANNOT_UNDERSTAND, *, values: dict[str, str | None] | None = None
+    ) -> StoreResult:
+        """Refuse the instance; with its header ``values``, the observer is told its series."""
+        if values is not None and self.store.observer is not None:
+            self.store.observer.refused(values.get("SeriesInstanceUID") or "UNKNOWN", problem)
         counts = self.store.counts
         counts.rejected += 1
         self.store.m_rejected.inc()

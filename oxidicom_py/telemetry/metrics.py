@@ -115,6 +115,22 @@ DELIVERED = Counter(
     ["destination", "result"],
 )
 
+CELERY_TASKS = Counter(
+    "oxidicom_celery_tasks",
+    "Registration tasks for CUBE's Celery worker, by outcome (sent; retried: an attempt failed; dropped: not sent).",
+    ["outcome"],
+)
+CELERY_PENDING = Gauge(
+    "oxidicom_celery_pending",
+    "Registration tasks waiting for the broker.",
+    multiprocess_mode="livesum",
+)
+LONK_MESSAGES = Counter(
+    "oxidicom_lonk_messages",
+    "LONK messages to NATS, by kind (progress, error, done) and outcome (sent, limited, dropped, failed).",
+    ["kind", "outcome"],
+)
+
 NAMES: Final = (
     "oxidicom_instances_received",
     "oxidicom_instances_stored",
@@ -134,6 +150,9 @@ NAMES: Final = (
     "oxidicom_workers_alive",
     "oxidicom_worker_restarts",
     "oxidicom_instances_reaped",
+    "oxidicom_celery_tasks",
+    "oxidicom_celery_pending",
+    "oxidicom_lonk_messages",
     "oxidicom_rules_reload_errors",
     "oxidicom_jobs",
     "oxidicom_job_seconds",
