@@ -86,6 +86,60 @@ class RedisServer(_Server):
         super().__init__(argv, folder / "redis.log")
 
 
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+
+
+class RabbitServer(_Server):
+    """Debian's RabbitMQ in the foreground, a node of its own (name, ports, data, cookie) in
+    ``folder``; stopped with its whole process group, and the Erlang port mapper with it."""
+
+    ready_text = "completed with"
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port, dist = free_port(), free_port()
+        self.url = f"amqp://guest:guest@{LOOPBACK}:{self.port}//"
+        (folder / "plugins").write_text("[].\n")
+        self.env = {
+            **os.environ,
+            "HOME": str(folder),
+            "RABBITMQ_NODENAME": f"oxidicomtest{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist),
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "plugins"),
+            "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq"),
+            "ERL_EPMD_ADDRESS": LOOPBACK,
+        }
+        super().__init__([str(RABBITMQ_SERVER)], folder / "rabbitmq.log")
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        wait_until(self._ready, 60, what="RabbitMQ ready")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        import signal
+
+        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)  # the shell wrapper and the Erlang VM under it
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        subprocess.run(["epmd", "-kill"], capture_output=True, timeout=10, env=self.env)
+
+
 class NatsServer(_Server):
     ready_text = "Server is ready"
 

@@ -18,7 +18,15 @@ import psycopg
 import pydicom
 import pytest
 import redis
-from cube_servers import CeleryWorker, LonkSubscriber, NatsServer, RedisServer, servers_missing
+from cube_servers import (
+    RABBITMQ_SERVER,
+    CeleryWorker,
+    LonkSubscriber,
+    NatsServer,
+    RabbitServer,
+    RedisServer,
+    servers_missing,
+)
 from harness import LOOPBACK, load_script, peer_env, wait_until
 from peers import Orthanc, ServeProcess
 
@@ -74,8 +82,13 @@ OXIDICOM_TASKS = {
 
 
 @pytest.fixture
-def cube(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    broker, nats_server = RedisServer(tmp_path / "redis"), NatsServer(tmp_path / "nats")
+def cube(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The servers; the broker is redis-server unless parametrized with ``"rabbitmq"``."""
+    kind = getattr(request, "param", "redis")
+    if kind == "rabbitmq" and not RABBITMQ_SERVER.exists():
+        pytest.skip("needs rabbitmq-server (apt-get install rabbitmq-server)")
+    broker = RabbitServer(tmp_path / "rabbitmq") if kind == "rabbitmq" else RedisServer(tmp_path / "redis")
+    nats_server = NatsServer(tmp_path / "nats")
     worker, sub = CeleryWorker(tmp_path / "celery", broker.url), LonkSubscriber(nats_server.address)
     with broker, nats_server, worker, sub:
         yield {"broker": broker, "nats": nats_server, "worker": worker, "lonk": sub}
@@ -93,8 +106,14 @@ def _env(tmp_path: Path, db_uri: str, cube: dict[str, Any], **extra: str) -> dic
     }
 
 
-def _queued(broker: RedisServer, queue: str = "main2") -> int:
-    return int(redis.Redis.from_url(broker.url).llen(queue))
+def _queued(broker: RedisServer | RabbitServer, queue: str = "main2") -> int:
+    """Messages waiting in the broker's queue."""
+    if isinstance(broker, RedisServer):
+        return int(redis.Redis.from_url(broker.url).llen(queue))
+    import kombu
+
+    with kombu.Connection(broker.url, connect_timeout=5) as conn:
+        return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
 
 
 def _all_taken(cube: dict[str, Any], n: int) -> bool:
@@ -163,6 +182,7 @@ def _storescu(port: int, calling: str, files: list[Path]) -> subprocess.Complete
     )
 
 
+@pytest.mark.parametrize("cube", ["redis", "rabbitmq"], indirect=True)
 def test_a_series_split_over_two_associations_gives_two_tasks_and_a_bad_ae_title_is_refused(
     tmp_path: Path, db_uri: str, cube: dict[str, Any]
 ) -> None:
@@ -228,3 +248,19 @@ def test_tasks_wait_out_a_broker_outage_and_arrive_once(tmp_path: Path, db_uri: 
     assert all(k["ndicom"] == 5 for k in kwargs)
     assert any(str(ln.get("msg", "")).startswith("broker reachable again") for ln in rx.lines)
     assert not [ln for ln in rx.lines if str(ln.get("msg", "")).startswith("registration task dropped")]
+
+
+def test_both_writes_cube_v5_rows_and_sends_the_task(tmp_path: Path, db_uri: str, cube: dict[str, Any]) -> None:
+    files = load_script("synthetic").generate(tmp_path / "src", slices=6, rows=16, cols=16, seed=51)
+    env = _env(tmp_path, db_uri, cube, OXIDICOM_REGISTRATION="both", OXIDICOM_LISTENER_PROCESSES="1")
+    with ServeProcess(env, tmp_path) as rx:
+        assert _storescu(rx.port, "BOTHPACS", files).returncode == 0
+        wait_until(lambda: _all_taken(cube, 1), 60, what="the registration task")
+    (task,) = cube["worker"].tasks()
+    assert task["kwargs"]["ndicom"] == 6 and task["kwargs"]["pacs_name"] == "BOTHPACS"
+    with psycopg.connect(db_uri) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM public.pacsfiles_pacsfile f JOIN public.pacsfiles_pacs p ON p.id = f.pacs_id "
+            "WHERE p.identifier = 'BOTHPACS'"
+        ).fetchone()
+    assert rows == (6,)  # CUBE v5's rows, as with OXIDICOM_REGISTRATION=postgres
