@@ -172,7 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--slots-fd", type=int, default=-1, help="shared association slots (see net/slots.py)")
     worker.add_argument("--workers", type=int, default=1)
     worker.set_defaults(func=cmd_worker)
-    from oxidicom_py.commands import deliveries_cmd, jobs_cmd, migrate_cmd, process_cmd, rules_cmd, watch
+    from oxidicom_py.commands import (
+        console_cmd,
+        deliveries_cmd,
+        jobs_cmd,
+        migrate_cmd,
+        process_cmd,
+        rules_cmd,
+        watch,
+    )
 
     watch.add_parser(sub)
     rules_cmd.add_parser(sub)
@@ -180,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs_cmd.add_parser(sub)
     deliveries_cmd.add_parser(sub)
     migrate_cmd.add_parser(sub)
+    console_cmd.add_parser(sub)
     module = sub.add_parser("module", help="run an example processing module (reads the module contract's variables)")
     module.add_argument("name", choices=["volume-report", "burn-in"])
     module.set_defaults(func=cmd_module)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oxidicom_py.cube_settings import CubeSettings
+from oxidicom_py.console_settings import ConsoleSettings
 from oxidicom_py.receive_settings import ReceiveSettings
 from oxidicom_py.setting_fields import markdown_table, read_fields, setting
 from oxidicom_py.setting_parsers import (
@@ -36,8 +36,8 @@ __all__ = ["ReceiveSettings", "Settings", "SettingsError", "load", "readme_table
 
 
 @dataclass(frozen=True, slots=True)
-class Settings(CubeSettings):
-    """Every setting: the receiving half's, several instances', CUBE's, then processing's."""
+class Settings(ConsoleSettings):
+    """Every setting: the receiving half's, several instances', CUBE's, the console's, then processing's."""
 
     rules: Path | None = setting(
         "OXIDICOM_RULES",

@@ -1,0 +1,60 @@
+"""``oxidicom-py console``: the console's HTTP API on ``OXIDICOM_CONSOLE_ADDRESS``:``OXIDICOM_CONSOLE_PORT``,
+a process of its own that only reads the database (this machine's embedded one, or
+``OXIDICOM_DB_CONNECTION``), so it can run anywhere and never slows reception."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("console", help="serve the console's HTTP API (series, jobs, deliveries, health)")
+    p.set_defaults(func=cmd_console)
+    return p
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from oxidicom_py import settings as settings_mod
+    from oxidicom_py.commands.watch import DatabaseUnavailableError, database_uri
+    from oxidicom_py.telemetry import logs
+
+    try:
+        s = settings_mod.load()
+        uri = database_uri(s)
+    except settings_mod.SettingsError as e:
+        print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailableError as e:
+        print(f"oxidicom-py: database: {e}", file=sys.stderr)
+        return 4
+    logs.configure(s.log_level, static={"role": "console"})
+    log = logging.getLogger("oxidicom_py.console")
+
+    import uvicorn
+
+    from oxidicom_py.console.api import make_app
+
+    config = uvicorn.Config(
+        make_app(uri, show_phi=s.console_show_phi),
+        host=s.console_address,
+        port=s.console_port,
+        log_config=None,  # our JSON log lines
+        access_log=False,
+        lifespan="on",
+    )
+    url = f"http://{s.console_address}:{s.console_port}/"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # the port is bound and the database reached
+                log.info("console ready", extra={"url": url, "show_phi": s.console_show_phi})
+
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    return 0 if server.started else 1

@@ -1,0 +1,224 @@
+"""The console's HTTP JSON API (FastAPI; its OpenAPI document at ``/openapi.json``): series,
+jobs and deliveries with filters and paging, one series or job in full, and health. Every
+answer is read from the database; PatientIDs are hashed unless ``OXIDICOM_CONSOLE_SHOW_PHI``."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import psycopg
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel
+
+from oxidicom_py.console import queries
+
+SeriesState = Literal["receiving", "complete", "incomplete"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+DeliveryState = Literal["pending", "sent", "failed"]
+
+
+class Marker(BaseModel):
+    key: str
+    value: str
+    creation_date: dt.datetime
+
+
+class Series(BaseModel):
+    pacs: str
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    state: SeriesState
+    end_reason: str | None
+    expected: int | None
+    received: int
+    first_received: dt.datetime | None
+    last_received: dt.datetime | None
+    completed: dt.datetime | None
+    updated: dt.datetime
+    open_associations: int
+    modality: str | None
+    study_description: str | None
+    series_description: str | None
+
+
+class SeriesDetail(Series):
+    files: int
+    markers: list[Marker]
+
+
+class Delivery(BaseModel):
+    id: int
+    job_id: int
+    destination: str
+    ae_title: str | None
+    host: str | None
+    port: int | None
+    sop_instance_uid: str
+    state: DeliveryState
+    attempts: int
+    max_attempts: int
+    last_status: int | None
+    last_error: str | None
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+
+
+class Job(BaseModel):
+    id: int
+    rule: str
+    level: str
+    pacs: str | None
+    study_uid: str
+    series_uids: list[str]
+    state: JobState
+    reason: str | None
+    attempts: int
+    max_attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    duration: float | None
+    last_error: str | None
+    exit_code: int | None
+    outputs: list[Any]
+    worker: str | None
+    log_excerpt: str | None
+
+
+class JobDetail(Job):
+    history: list[Any]
+    deliveries: list[Delivery]
+
+
+class Page(BaseModel):
+    total: int
+    limit: int
+    offset: int
+
+
+class SeriesPage(Page):
+    items: list[Series]
+
+
+class JobsPage(Page):
+    items: list[Job]
+
+
+class DeliveriesPage(Page):
+    items: list[Delivery]
+
+
+class Receiver(BaseModel):
+    instance_id: str
+    host: str
+    started: dt.datetime
+    heartbeat_age: float
+
+
+class Health(BaseModel):
+    database: Literal["ok"]
+    series_receiving: int
+    jobs_queued: int
+    jobs_running: int
+    deliveries_failed: int
+    receivers: list[Receiver]
+
+
+BIGINT_MAX = 2**63 - 1
+Limit = Query(50, ge=1, le=queries.MAX_PAGE, description="items per page")
+Offset = Query(0, ge=0, le=BIGINT_MAX, description="items to skip")
+
+
+def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> FastAPI:
+    """The API over the database at ``db_uri`` (its connections opened at start-up)."""
+    pool = AsyncConnectionPool(db_uri, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True})
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await pool.open(wait=True, timeout=30)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="oxidicom_py console",
+        version="1",
+        description="What arrived, what ran, what was delivered: read from the receiver's database.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(psycopg.OperationalError)
+    @app.exception_handler(PoolTimeout)
+    async def database_away(_request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"database unavailable: {exc}"}, status_code=503)
+
+    def shown(row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "patient_id": queries.mask_patient(row.get("patient_id"), show_phi)}
+
+    @app.get("/api/series", response_model=SeriesPage, summary="Series, most recently updated first")
+    async def list_series(
+        state: SeriesState | None = None, pacs: str | None = None, limit: int = Limit, offset: int = Offset
+    ) -> dict[str, Any]:
+        async with pool.connection() as conn:
+            total, rows = await queries.series_page(conn, state=state, pacs=pacs, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset, "items": [shown(r) for r in rows]}
+
+    @app.get(
+        "/api/series/{series_uid}",
+        response_model=list[SeriesDetail],
+        summary="One series, per PACS that sent it",
+        responses={404: {"description": "no such series"}},
+    )
+    async def get_series(series_uid: str) -> list[dict[str, Any]]:
+        async with pool.connection() as conn:
+            rows = await queries.series_detail(conn, series_uid)
+        if not rows:
+            raise HTTPException(404, "no such series")
+        return [shown(r) for r in rows]
+
+    @app.get("/api/jobs", response_model=JobsPage, summary="Processing jobs, newest first")
+    async def list_jobs(
+        state: JobState | None = None, rule: str | None = None, limit: int = Limit, offset: int = Offset
+    ) -> dict[str, Any]:
+        async with pool.connection() as conn:
+            total, rows = await queries.jobs_page(conn, state=state, rule=rule, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset, "items": rows}
+
+    @app.get(
+        "/api/jobs/{job_id}",
+        response_model=JobDetail,
+        summary="One job, its history and its deliveries",
+        responses={404: {"description": "no such job"}},
+    )
+    async def get_job(job_id: int = PathParam(ge=1, le=BIGINT_MAX)) -> dict[str, Any]:
+        async with pool.connection() as conn:
+            row = await queries.job(conn, job_id)
+        if row is None:
+            raise HTTPException(404, "no such job")
+        return row
+
+    @app.get("/api/deliveries", response_model=DeliveriesPage, summary="Deliveries of job outputs, newest first")
+    async def list_deliveries(
+        state: DeliveryState | None = None,
+        job_id: int | None = Query(None, ge=1, le=BIGINT_MAX),
+        limit: int = Limit,
+        offset: int = Offset,
+    ) -> dict[str, Any]:
+        async with pool.connection() as conn:
+            total, rows = await queries.deliveries_page(conn, state=state, job_id=job_id, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset, "items": rows}
+
+    @app.get("/api/health", response_model=Health, summary="The database, the queues and the receivers' heartbeats")
+    async def get_health() -> dict[str, Any]:
+        async with pool.connection() as conn:
+            return {"database": "ok", **await queries.health(conn)}
+
+    return app
