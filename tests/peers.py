@@ -233,3 +233,18 @@ class ProcessWorker(_LoggedProcess):
 
     def __enter__(self) -> ProcessWorker:
         return super().__enter__()  # type: ignore[no-any-return]
+
+
+class ConsoleProcess(_LoggedProcess):
+    """``python -m oxidicom_py console`` on 127.0.0.1 and a free port; :attr:`url` without a slash."""
+
+    ready_message = "console ready"
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        full = {**os.environ, "OXIDICOM_CONSOLE_ADDRESS": LOOPBACK, "OXIDICOM_CONSOLE_PORT": str(self.port), **env}
+        super().__init__(full, cwd, ["console"])
+
+    def __enter__(self) -> ConsoleProcess:
+        return super().__enter__()  # type: ignore[no-any-return]

@@ -45,6 +45,7 @@ def cmd_console(args: argparse.Namespace) -> int:
         log_config=None,  # our JSON log lines
         access_log=False,
         lifespan="on",
+        timeout_graceful_shutdown=5,  # an open live-updates stream must not hold up a stop
     )
     url = f"http://{s.console_address}:{s.console_port}/"
 

@@ -4,6 +4,7 @@ answer is read from the database; PatientIDs are hashed unless ``OXIDICOM_CONSOL
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,11 +13,13 @@ from typing import Any, Literal
 import psycopg
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
 from oxidicom_py.console import queries
+from oxidicom_py.console.events import Broadcaster
+from oxidicom_py.console.pages import add_pages
 
 SeriesState = Literal["receiving", "complete", "incomplete"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -140,12 +143,17 @@ def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> Fast
     """The API over the database at ``db_uri`` (its connections opened at start-up)."""
     pool = AsyncConnectionPool(db_uri, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True})
 
+    broadcaster = Broadcaster(db_uri, show_phi)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await pool.open(wait=True, timeout=30)
+        broadcaster.start()
         try:
+            await asyncio.wait_for(broadcaster.listening.wait(), 30)
             yield
         finally:
+            await broadcaster.close()
             await pool.close()
 
     app = FastAPI(
@@ -153,7 +161,10 @@ def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> Fast
         version="1",
         description="What arrived, what ran, what was delivered: read from the receiver's database.",
         lifespan=lifespan,
+        docs_url=None,  # its page would load assets from the internet
+        redoc_url=None,
     )
+    add_pages(app, show_phi=show_phi)
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
@@ -215,6 +226,13 @@ def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> Fast
         async with pool.connection() as conn:
             total, rows = await queries.deliveries_page(conn, state=state, job_id=job_id, limit=limit, offset=offset)
         return {"total": total, "limit": limit, "offset": offset, "items": rows}
+
+    @app.get("/api/events", include_in_schema=False)
+    async def events() -> StreamingResponse:
+        """Server-sent events: ``series`` (a progress row changed) and ``job`` (a job's state)."""
+        return StreamingResponse(
+            broadcaster.stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+        )
 
     @app.get("/api/health", response_model=Health, summary="The database, the queues and the receivers' heartbeats")
     async def get_health() -> dict[str, Any]:

@@ -1,0 +1,26 @@
+"""The console's web pages: HTML from Jinja2 templates over the JSON API, their script and
+style served from the package (nothing is fetched from the internet; no build step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+HERE = Path(__file__).resolve().parent
+_TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+
+
+def add_pages(app: FastAPI, *, show_phi: bool) -> None:
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def static(name: str) -> str:
+        return f"/static/{name}"
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def board(_request: Request) -> HTMLResponse:
+        html = _TEMPLATES.get_template("board.html").render(static=static, show_phi=show_phi)
+        return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})

@@ -1,0 +1,73 @@
+"""The console's series board in a real browser: Debian's chromium driven by Playwright (which
+cannot download its own browsers here), while a real receiver takes a real push."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from harness import LOOPBACK, load_script, peer_env
+from peers import ConsoleProcess, ServeProcess
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def _browser_missing() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return "needs Debian's chromium (apt-get install chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "needs playwright (pip install playwright)"
+    return None
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    files = load_script("synthetic").generate(tmp_path / "src", slices=60, rows=64, cols=64, seed=71)
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    env = {"OXIDICOM_DB_CONNECTION": db_uri, "OXIDICOM_FILES_ROOT": str(tmp_path / "files"), "OXIDICOM_SCP_AET": "OXIB"}
+    problems: list[str] = []
+    outside: list[str] = []
+    with ServeProcess(env, tmp_path) as rx, ConsoleProcess(env, tmp_path) as console, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: None if r.url.startswith(console.url + "/") else outside.append(r.url))
+            page.goto(console.url + "/")
+            page.wait_for_selector("#board[data-ready='1']", timeout=20_000)
+            page.wait_for_selector("#live[data-state='live']", timeout=20_000)
+            assert page.locator("#board tbody tr").count() == 0
+            push = subprocess.Popen(
+                ["/usr/bin/storescu", "-aet", "BOARDPACS", "-aec", "OXIB", LOOPBACK, str(rx.port), *map(str, files)],
+                env=peer_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            row = page.locator(f"tr[data-series='{uid}']")
+            row.wait_for(timeout=30_000)  # it appears while the push runs
+            page.wait_for_selector(f"tr[data-series='{uid}'][data-state='complete']", timeout=60_000)
+            _out, err = push.communicate(timeout=60)
+            assert push.returncode == 0, err
+            assert row.get_attribute("data-received") == "60"
+            bar: Any = row.locator("progress").evaluate("b => [b.value, b.max]")
+            assert bar == [60, 60]  # the progress bar is full
+            assert row.locator("td.pacs").inner_text() == "BOARDPACS"
+            assert row.locator("td.patient").inner_text().startswith("sha256:")  # no PHI by default
+            page.screenshot(path=str(tmp_path / "board.png"))
+        finally:
+            browser.close()
+    assert problems == []  # no console error
+    assert outside == []  # no request outside its own origin
