@@ -40,3 +40,15 @@ class ConsoleSettings(CubeSettings):
         ),
         ours=True,
     )
+    console_token: str | None = setting(
+        "OXIDICOM_CONSOLE_TOKEN",
+        non_empty,
+        default=None,
+        shown="*(read-only)*",
+        doc=(
+            "Allows the console's actions (retry or cancel a job, retry a failed delivery) to requests that "
+            "carry `Authorization: Bearer {token}` from the console's own origin; checked before anything else "
+            "(401 without it, 403 with another). Unset: the console is read-only (every action is a 403)."
+        ),
+        ours=True,
+    )

@@ -39,7 +39,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     from oxidicom_py.console.api import make_app
 
     config = uvicorn.Config(
-        make_app(uri, show_phi=s.console_show_phi),
+        make_app(uri, show_phi=s.console_show_phi, token=s.console_token),
         host=s.console_address,
         port=s.console_port,
         log_config=None,  # our JSON log lines
@@ -53,7 +53,10 @@ def cmd_console(args: argparse.Namespace) -> int:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if self.started:  # the port is bound and the database reached
-                log.info("console ready", extra={"url": url, "show_phi": s.console_show_phi})
+                log.info(
+                    "console ready",
+                    extra={"url": url, "show_phi": s.console_show_phi, "actions": s.console_token is not None},
+                )
 
     server = Server(config)
     with contextlib.suppress(KeyboardInterrupt):

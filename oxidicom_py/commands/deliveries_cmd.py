@@ -31,7 +31,7 @@ async def _act(args: argparse.Namespace, uri: str) -> int:
     import psycopg
 
     from oxidicom_py.delivery import records
-    from oxidicom_py.processing import job_store, queue
+    from oxidicom_py.processing import job_store
 
     async with await psycopg.AsyncConnection.connect(uri, connect_timeout=10) as conn:
         if args.deliveries_command == "list":
@@ -46,14 +46,13 @@ async def _act(args: argparse.Namespace, uri: str) -> int:
                     f"  {r['attempts']}/{r['max_attempts']}{status}  {r['sop_instance_uid']}{error}"
                 )
             return 0
-        async with conn.transaction():
-            destinations = await records.reopen_failed(conn, args.job)
-            for destination in destinations:
-                await queue.defer_delivery(queue.make_app(), conn, args.job, destination)
-        if not destinations:
-            print(f"oxidicom-py: job {args.job} has no failed delivery", file=sys.stderr)
+        from oxidicom_py.processing import actions
+
+        try:
+            print(await actions.retry_deliveries(conn, args.job))
+        except actions.ActionRefused as e:
+            print(f"oxidicom-py: {e}", file=sys.stderr)
             return 1
-        print(f"job {args.job}: failed deliveries queued again to {', '.join(destinations)}")
         return 0
 
 

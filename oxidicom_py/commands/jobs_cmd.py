@@ -71,7 +71,7 @@ def _show(job: Any) -> str:
 async def _act(args: argparse.Namespace, uri: str) -> int:
     import psycopg
 
-    from oxidicom_py.processing import job_store, queue
+    from oxidicom_py.processing import job_store
 
     async with await psycopg.AsyncConnection.connect(uri, connect_timeout=10) as conn:
         if args.jobs_command == "list":
@@ -82,57 +82,37 @@ async def _act(args: argparse.Namespace, uri: str) -> int:
                 for job in found:
                     print(_line(job))
             return 0
-        async with conn.transaction():
-            job = await job_store.get(conn, args.id, lock=args.jobs_command != "show")
+        if args.jobs_command == "show":
+            from oxidicom_py.delivery import records
+
+            job = await job_store.get(conn, args.id)
             if job is None:
                 print(f"oxidicom-py: no job {args.id}", file=sys.stderr)
                 return 1
-            if args.jobs_command == "show":
-                from oxidicom_py.delivery import records
-
-                sent = await records.select(conn, job_id=job.id)
-                if args.json:
-                    print(job_store.dumps({**job.as_json(), "deliveries": sent}))
-                else:
-                    print(_show(job))
-                    print(f"  deliveries ({len(sent)}):")
-                    for d in sent:
-                        status = "" if d["last_status"] is None else f" 0x{d['last_status']:04X}"
-                        print(
-                            f"    {d['destination']} {d['ae_title']}  {d['state']}  {d['attempts']}/{d['max_attempts']}"
-                            f"{status}  {d['sop_instance_uid']}" + (f"  {d['last_error']}" if d["last_error"] else "")
-                        )
-                return 0
-            if args.jobs_command == "cancel":
-                if job.state not in ("queued", "running"):
-                    print(f"oxidicom-py: job {job.id} is {job.state}: nothing to cancel", file=sys.stderr)
-                    return 1
-                await job_store.finish(conn, job, state="cancelled", reason="cancelled", error="cancelled by a user")
-                if job.procrastinate_job_id is not None:
-                    await queue.cancel(conn, job.procrastinate_job_id)
-                print(f"job {job.id} cancelled" + (" (its module is being stopped)" if job.state == "running" else ""))
-                return 0
-            if job.state not in ("failed", "cancelled"):
-                print(
-                    f"oxidicom-py: job {job.id} is {job.state}: only failed or cancelled jobs are retried",
-                    file=sys.stderr,
-                )
-                return 1
-            retries = int(job.run.get("retries", 0))
-            await conn.execute(
-                "UPDATE oxidicom_jobs SET max_attempts = attempts + 1 + %s WHERE id = %s", (retries, job.id)
-            )
-            await job_store.finish(conn, job, state="queued", reason="retried", error=None, delay=0.0)
-            pj = await queue.defer(
-                queue.make_app(),
-                conn,
-                job.id,
-                lock=queue.queueing_lock(job.rule, job.job_key),
-                queue=str(job.run.get("queue", queue.DEFAULT_QUEUE)),
-            )
-            await job_store.set_procrastinate_id(conn, job.id, pj)
-            print(f"job {job.id} queued again ({1 + retries} more attempts)")
+            sent = await records.select(conn, job_id=job.id)
+            if args.json:
+                print(job_store.dumps({**job.as_json(), "deliveries": sent}))
+            else:
+                print(_show(job))
+                print(f"  deliveries ({len(sent)}):")
+                for d in sent:
+                    status = "" if d["last_status"] is None else f" 0x{d['last_status']:04X}"
+                    print(
+                        f"    {d['destination']} {d['ae_title']}  {d['state']}  {d['attempts']}/{d['max_attempts']}"
+                        f"{status}  {d['sop_instance_uid']}" + (f"  {d['last_error']}" if d["last_error"] else "")
+                    )
             return 0
+        from oxidicom_py.processing import actions
+
+        try:
+            if args.jobs_command == "cancel":
+                print(await actions.cancel_job(conn, args.id, "a user"))
+            else:
+                print(await actions.retry_job(conn, args.id))
+        except actions.ActionRefused as e:
+            print(f"oxidicom-py: {e}", file=sys.stderr)
+            return 1
+        return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:

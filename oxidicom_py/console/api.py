@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -17,9 +18,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
-from oxidicom_py.console import queries
+from oxidicom_py.console import guard, queries
 from oxidicom_py.console.events import Broadcaster
 from oxidicom_py.console.pages import add_pages
+from oxidicom_py.processing import actions
+
+log = logging.getLogger("oxidicom_py.console")
 
 SeriesState = Literal["receiving", "complete", "incomplete"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -100,6 +104,10 @@ class JobDetail(Job):
     deliveries: list[Delivery]
 
 
+class Done(BaseModel):
+    detail: str
+
+
 class Page(BaseModel):
     total: int
     limit: int
@@ -139,8 +147,9 @@ Limit = Query(50, ge=1, le=queries.MAX_PAGE, description="items per page")
 Offset = Query(0, ge=0, le=BIGINT_MAX, description="items to skip")
 
 
-def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> FastAPI:
-    """The API over the database at ``db_uri`` (its connections opened at start-up)."""
+def make_app(db_uri: str, *, show_phi: bool = False, token: str | None = None, pool_size: int = 4) -> FastAPI:
+    """The API over the database at ``db_uri`` (its connections opened at start-up); actions only
+    with ``token`` (:mod:`oxidicom_py.console.guard`)."""
     pool = AsyncConnectionPool(db_uri, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": True})
 
     broadcaster = Broadcaster(db_uri, show_phi)
@@ -164,12 +173,18 @@ def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> Fast
         docs_url=None,  # its page would load assets from the internet
         redoc_url=None,
     )
-    add_pages(app, show_phi=show_phi)
+    add_pages(app, show_phi=show_phi, actions=token is not None)
+    app.middleware("http")(guard.middleware(token))
 
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(PoolTimeout)
     async def database_away(_request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"database unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(psycopg.errors.UndefinedTable)
+    async def no_schema(_request: Request, exc: Exception) -> JSONResponse:
+        detail = "the database has no oxidicom_py tables yet: start oxidicom-py serve or run oxidicom-py migrate"
+        return JSONResponse({"detail": detail}, status_code=503)
 
     def shown(row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "patient_id": queries.mask_patient(row.get("patient_id"), show_phi)}
@@ -226,6 +241,53 @@ def make_app(db_uri: str, *, show_phi: bool = False, pool_size: int = 4) -> Fast
         async with pool.connection() as conn:
             total, rows = await queries.deliveries_page(conn, state=state, job_id=job_id, limit=limit, offset=offset)
         return {"total": total, "limit": limit, "offset": offset, "items": rows}
+
+    async def act(request: Request, what: str, action: Any) -> dict[str, str]:
+        client = request.client.host if request.client else "?"
+        try:
+            async with pool.connection() as conn:
+                done = await action(conn)
+        except actions.NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        except actions.ActionRefused as e:
+            log.info("console action not applicable", extra={"action": what, "client": client, "reason": str(e)})
+            raise HTTPException(409, str(e)) from None
+        log.warning("console action", extra={"action": what, "client": client, "result": done})
+        return {"detail": done}
+
+    refused = {401: {"description": "no token"}, 403: {"description": "read-only, wrong token or another origin"}}
+    missing = {404: {"description": "no such job or delivery"}, 409: {"description": "the action does not apply"}}
+
+    @app.post(
+        "/api/jobs/{job_id}/retry",
+        response_model=Done,
+        summary="Queue a failed or cancelled job again",
+        responses={**refused, **missing},
+    )
+    async def retry_job(request: Request, job_id: int = PathParam(ge=1, le=BIGINT_MAX)) -> dict[str, str]:
+        return await act(request, f"retry job {job_id}", lambda conn: actions.retry_job(conn, job_id))
+
+    @app.post(
+        "/api/jobs/{job_id}/cancel",
+        response_model=Done,
+        summary="Cancel a queued or running job",
+        responses={**refused, **missing},
+    )
+    async def cancel_job(request: Request, job_id: int = PathParam(ge=1, le=BIGINT_MAX)) -> dict[str, str]:
+        who = f"the console ({request.client.host if request.client else '?'})"
+        return await act(request, f"cancel job {job_id}", lambda conn: actions.cancel_job(conn, job_id, who))
+
+    @app.post(
+        "/api/deliveries/{delivery_id}/retry",
+        response_model=Done,
+        summary="Queue the failed deliveries of this delivery's job again",
+        responses={**refused, **missing},
+    )
+    async def retry_delivery(request: Request, delivery_id: int = PathParam(ge=1, le=BIGINT_MAX)) -> dict[str, str]:
+        async def again(conn: Any) -> str:
+            return await actions.retry_deliveries(conn, await actions.job_of_delivery(conn, delivery_id))
+
+        return await act(request, f"retry delivery {delivery_id}", again)
 
     @app.get("/api/events", include_in_schema=False)
     async def events() -> StreamingResponse:

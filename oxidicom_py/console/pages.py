@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 _TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 
 
-def add_pages(app: FastAPI, *, show_phi: bool) -> None:
+def add_pages(app: FastAPI, *, show_phi: bool, actions: bool = False) -> None:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def static(name: str) -> str:
