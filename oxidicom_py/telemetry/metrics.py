@@ -131,6 +131,12 @@ LONK_MESSAGES = Counter(
     ["kind", "outcome"],
 )
 
+for _outcome in ("sent", "retried", "dropped"):  # exported at 0 before the first task, like the rest
+    CELERY_TASKS.labels(_outcome)
+for _kind in ("progress", "error", "done"):
+    for _outcome in ("sent", "limited", "dropped", "failed"):
+        LONK_MESSAGES.labels(_kind, _outcome)
+
 NAMES: Final = (
     "oxidicom_instances_received",
     "oxidicom_instances_stored",
