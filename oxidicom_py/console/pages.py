@@ -11,6 +11,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 HERE = Path(__file__).resolve().parent
+CSP = "default-src 'self'; img-src 'self' data:"
+"""Every page: nothing but its own origin (no inline script, nothing from the internet)."""
 _TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
 
 
@@ -20,7 +22,14 @@ def add_pages(app: FastAPI, *, show_phi: bool, actions: bool = False) -> None:
     def static(name: str) -> str:
         return f"/static/{name}"
 
+    def page(template: str) -> HTMLResponse:
+        html = _TEMPLATES.get_template(template).render(static=static, show_phi=show_phi, actions=actions)
+        return HTMLResponse(html, headers={"Content-Security-Policy": CSP})
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def board(_request: Request) -> HTMLResponse:
-        html = _TEMPLATES.get_template("board.html").render(static=static, show_phi=show_phi)
-        return HTMLResponse(html, headers={"Content-Security-Policy": "default-src 'self'; img-src 'self' data:"})
+        return page("board.html")
+
+    @app.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
+    async def jobs(_request: Request) -> HTMLResponse:
+        return page("jobs.html")

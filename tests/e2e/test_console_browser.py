@@ -71,3 +71,64 @@ def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri
             browser.close()
     assert problems == []  # no console error
     assert outside == []  # no request outside its own origin
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_a_failed_job_is_retried_from_the_jobs_page_and_refused_without_the_token(tmp_path: Path, db_uri: str) -> None:
+    import json
+    import sys
+
+    from harness import query, storescu, wait_until
+    from peers import ProcessWorker
+    from playwright.sync_api import sync_playwright
+
+    module = str(Path(__file__).parents[1] / "job_module.py")
+    rule = {
+        "name": "flaky",
+        "when": {"Modality": "MR"},
+        "settle": 0.5,
+        "run": {"command": [sys.executable, module, "fail-until", "2"], "timeout": 60, "retries": 0},
+    }
+    (tmp_path / "rules.yaml").write_text(json.dumps({"rules": [rule]}))
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXIJ",
+        "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_RULES": str(tmp_path / "rules.yaml"),
+        "OXIDICOM_PROCESS_IN_SERVE": "false",
+    }
+    files = load_script("synthetic").generate(tmp_path / "src", slices=4, rows=16, cols=16, seed=91)
+    problems: list[str] = []
+    console_env = {**env, "OXIDICOM_CONSOLE_TOKEN": "page-token"}
+    with (
+        ServeProcess(env, tmp_path) as rx,
+        ProcessWorker(env, tmp_path),
+        ConsoleProcess(console_env, tmp_path) as console,
+    ):
+        storescu(rx.port, calling="JOBPACS", called="OXIJ", files=files)
+        wait_until(lambda: query(db_uri, "SELECT state FROM oxidicom_jobs") == [{"state": "failed"}], 60, what="failed")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page()
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.goto(console.url + "/jobs")
+                page.wait_for_selector("#jobs[data-ready='1']", timeout=20_000)
+                row = page.locator("tr[data-state='failed']")
+                row.locator("button.retry").click()  # no token typed: refused
+                page.wait_for_selector("#message[data-status='401']", timeout=10_000)
+                assert query(db_uri, "SELECT state FROM oxidicom_jobs") == [{"state": "failed"}]
+                page.fill("#token", "page-token")
+                page.dispatch_event("#token", "change")
+                page.locator("tr[data-state='failed'] button.retry").click()
+                page.wait_for_selector("#message[data-status='200']", timeout=10_000)
+                page.wait_for_selector("tr[data-state='succeeded']", timeout=60_000)  # live, by the job event
+                page.screenshot(path=str(tmp_path / "jobs.png"))
+            finally:
+                browser.close()
+    (job,) = query(db_uri, "SELECT state, attempts FROM oxidicom_jobs")
+    assert job == {"state": "succeeded", "attempts": 2}
+    # the refused action's own 401 is the only error the page shows in its console
+    assert [p for p in problems if "401" not in p] == [], problems
