@@ -394,15 +394,13 @@ class AcceptorMachine(PduFraming):
         why = check(req.calling_ae) if refusal is None and check is not None else None
         if why is not None:
             refusal = (pdu.RJ_PERMANENT, pdu.RJ_SOURCE_USER, pdu.RJ_USER_CALLING_AE_NOT_RECOGNIZED)
-            self.log.warning("association rejected: calling AE title %r: %s", req.calling_ae, why, extra=extra)
-            self._events.append(AssociationRejected(acse.rejection_label(refusal)))
-            self._out += pdu.encode_associate_rj(*refusal)
-            self._close()
-            return
         if refusal is None and self._admission is not None:
             refusal = self._admission(req, self.peer)
         if refusal is not None:
-            self.log.warning("association rejected %s", refusal, extra=extra)
+            if why is not None:
+                self.log.warning("association rejected: calling AE title %r: %s", req.calling_ae, why, extra=extra)
+            else:
+                self.log.warning("association rejected %s", refusal, extra=extra)
             self._events.append(AssociationRejected(acse.rejection_label(refusal)))
             self._out += pdu.encode_associate_rj(*refusal)
             self._close()

@@ -3,19 +3,7 @@
 "use strict";
 
 const body = document.querySelector("#board tbody");
-const live = document.getElementById("live");
 const rows = new Map(); // "pacs|uid" -> <tr>
-
-function cell(tr, name, text) {
-  let td = tr.querySelector(`td.${name}`);
-  if (!td) {
-    td = document.createElement("td");
-    td.className = name;
-    tr.appendChild(td);
-  }
-  td.textContent = text ?? "";
-  return td;
-}
 
 function progress(tr, received, expected) {
   const td = cell(tr, "received", "");
@@ -58,9 +46,7 @@ async function details(pacs, uid) {
 }
 
 function listen() {
-  const events = new EventSource("/api/events");
-  events.onopen = () => { live.dataset.state = "live"; live.textContent = "live"; };
-  events.onerror = () => { live.dataset.state = "connecting"; live.textContent = "reconnecting…"; };
+  const events = liveEvents();
   events.addEventListener("series", (e) => {
     const n = JSON.parse(e.data);
     const key = `${n.pacs}|${n.SeriesInstanceUID}`;

@@ -4,7 +4,6 @@
 
 const body = document.querySelector("#jobs tbody");
 const message = document.getElementById("message");
-const live = document.getElementById("live");
 const actions = document.body.dataset.actions === "on";
 const token = document.getElementById("token");
 const rows = new Map();
@@ -12,17 +11,6 @@ const rows = new Map();
 if (token) {
   token.value = sessionStorage.getItem("oxidicom-token") || "";
   token.addEventListener("change", () => sessionStorage.setItem("oxidicom-token", token.value));
-}
-
-function cell(tr, name, text) {
-  let td = tr.querySelector(`td.${name}`);
-  if (!td) {
-    td = document.createElement("td");
-    td.className = name;
-    tr.appendChild(td);
-  }
-  td.textContent = text ?? "";
-  return td;
 }
 
 async function act(id, what) {
@@ -72,9 +60,7 @@ async function refresh(id) {
 }
 
 function listen() {
-  const events = new EventSource("/api/events");
-  events.onopen = () => { live.dataset.state = "live"; live.textContent = "live"; };
-  events.onerror = () => { live.dataset.state = "connecting"; live.textContent = "reconnecting…"; };
+  const events = liveEvents();
   events.addEventListener("job", (e) => refresh(JSON.parse(e.data).id));
 }
 
