@@ -38,6 +38,7 @@ from oxidicom_py.processing import queue as job_queue
 from oxidicom_py.processing.companion import CompanionWorker
 from oxidicom_py.processing.reloader import RulesInForce
 from oxidicom_py.processing.trigger import Trigger
+from oxidicom_py.registry import associations
 from oxidicom_py.registry.reconcile import Reconciler
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.settings import Settings
@@ -91,6 +92,8 @@ class Worker:
     cfind_executor: ThreadPoolExecutor
     sweeper: asyncio.Task[None]
     sampler: asyncio.Task[None]
+    pruner: asyncio.Task[None]
+    """Deletes association records older than ``OXIDICOM_HISTORY_DAYS``."""
     rules: RulesInForce | None = None
     """The processing rules in force (``OXIDICOM_RULES``), read again when the file changes."""
     trigger: Trigger | None = None
@@ -164,6 +167,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
     address = await listener.start_on(sock, ssl=ssl_context)
     sweeper = asyncio.create_task(progress.sweep_quiet_series(pool, settings.series_quiescence))
     sampler = asyncio.create_task(_sample_gauges(registrar))
+    pruner = asyncio.create_task(associations.prune_forever(pool, settings.history_days))
     rules = RulesInForce(settings.rules) if settings.rules is not None else None
     trigger = None
     if rules is not None:
@@ -182,6 +186,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
         cfind_executor,
         sweeper,
         sampler,
+        pruner,
         rules,
         trigger,
         cube,
@@ -205,9 +210,15 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
     except TimeoutError:
         clean = False
         log.warning("series markers still pending at shutdown", extra={"pending": len(worker.tracker.tasks)})
+    try:  # their records ride in the registrar's last batches
+        await asyncio.wait_for(worker.pipeline.finished(), timeout)
+    except TimeoutError:
+        clean = False
+        log.warning("association records still pending at shutdown", extra={"pending": len(worker.pipeline.finishing)})
     if worker.cube is not None:
         await worker.cube.close()
     worker.sweeper.cancel()
+    worker.pruner.cancel()
     try:
         await asyncio.wait_for(worker.registrar.close(), timeout)
     except TimeoutError:
@@ -220,9 +231,9 @@ async def drain(worker: Worker, timeout: float = runtime.DRAIN_TIMEOUT) -> bool:
         progress.remove_end_hook(worker.trigger)
     metrics.REGISTRATION_QUEUE_DEPTH.set(worker.registrar.pending)
     try:
-        await asyncio.wait_for(worker.pipeline.spans_ended(), runtime.SPAN_FLUSH_TIMEOUT)
+        await asyncio.wait_for(worker.pipeline.finished(), runtime.SPAN_FLUSH_TIMEOUT)
     except TimeoutError:
-        log.warning("association spans still open at shutdown", extra={"open": len(worker.pipeline.span_tasks)})
+        log.warning("association spans still open at shutdown", extra={"open": len(worker.pipeline.finishing)})
     await worker.pool.close()
     worker.executor.shutdown(wait=True)
     worker.cfind_executor.shutdown(wait=False, cancel_futures=True)

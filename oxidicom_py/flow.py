@@ -6,43 +6,55 @@ The ordering guarantees of CUSTOM_SPEC.md live in one place, :mod:`oxidicom_py.c
 every row of a series is submitted with the tracker's in-transaction hook (which counts it in
 the progress row, under the series' advisory lock, in the row's own transaction), and the
 push-count marker of an association is submitted only after every row it counts has committed.
+
+When an association is over and its rows are registered, its record (``oxidicom_associations``)
+rides in the next registration batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
+import logging
 
 from oxidicom_py.completion.tracker import AssociationSeries, Tracker
 from oxidicom_py.dicom.events import AssociationInfo
 from oxidicom_py.record import PacsFileRow
+from oxidicom_py.registry import associations
+from oxidicom_py.registry.associations import AssociationRecord
+from oxidicom_py.registry.errors import RegistrarError
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.storage.ingest import AssociationCounts
 from oxidicom_py.telemetry import tracing
+from oxidicom_py.telemetry.logs import ContextLogger
+
+log = logging.getLogger("oxidicom_py.registry")
 
 
 class Pipeline:
-    """Process-wide: the registrar and tracker every association's rows go to, and the
-    association spans still waiting for their rows."""
+    """Process-wide: the registrar and tracker every association's rows go to, and the ended
+    associations still waiting for their rows (to write their record and end their span)."""
 
     def __init__(self, registrar: Registrar, tracker: Tracker | None) -> None:
         self.registrar = registrar
         self.tracker = tracker
-        self.span_tasks: set[asyncio.Task[None]] = set()
-        """Association spans waiting for their rows' registration (only while tracing is on)."""
+        self.finishing: set[asyncio.Task[None]] = set()
+        """Ended associations waiting for their rows' registration."""
 
     def observe(self, info: AssociationInfo) -> AssociationFlow:
         return AssociationFlow(self, info)
 
-    async def spans_ended(self) -> None:
-        """Wait until every association span has ended (at drain, after the registrar closed)."""
-        while self.span_tasks:
-            await asyncio.gather(*list(self.span_tasks), return_exceptions=True)
+    async def finished(self) -> None:
+        """Wait until every ended association has its record written and its span ended."""
+        while self.finishing:
+            await asyncio.gather(*list(self.finishing), return_exceptions=True)
 
 
 class AssociationFlow:
     """Storage's observer for one association (:class:`oxidicom_py.storage.ingest.AssociationObserver`)."""
 
-    __slots__ = ("info", "pipeline", "registrations", "series", "span")
+    __slots__ = ("info", "last_series", "pipeline", "record", "registrations", "series", "span")
 
     def __init__(self, pipeline: Pipeline, info: AssociationInfo) -> None:
         self.pipeline = pipeline
@@ -58,7 +70,11 @@ class AssociationFlow:
             },
             kind="SERVER",
         )
-        self.registrations: list[asyncio.Future[bool]] | None = [] if self.span is not None else None
+        self.registrations: list[asyncio.Future[bool]] = []
+        self.record = AssociationRecord(
+            info.ulid, info.calling_ae, info.called_ae, info.peer, dt.datetime.now(dt.UTC), info.tls_subject
+        )
+        self.last_series = ""
         tracker = pipeline.tracker
         self.series: AssociationSeries | None = tracker.association(info, self.span) if tracker is not None else None
 
@@ -69,37 +85,59 @@ class AssociationFlow:
     def stored(self, row: PacsFileRow) -> None:
         series = self.series
         future = series.submit(row) if series is not None else self.pipeline.registrar.submit(row)
-        if self.registrations is not None:
-            self.registrations.append(future)
+        self.registrations.append(future)
+        if row.SeriesInstanceUID != self.last_series:
+            self.last_series = row.SeriesInstanceUID
+            if row.SeriesInstanceUID not in self.record.series_uids:
+                self.record.series_uids.append(row.SeriesInstanceUID)
 
     def refused(self, series_uid: str, problem: str) -> None:
+        if not self.record.first_error:
+            self.record.first_error = problem
         if self.series is not None:
             self.series.refused(series_uid, problem)
 
     def ended(self, outcome: str, counts: AssociationCounts) -> None:
         if self.series is not None:
             self.series.ended(outcome)
-        if self.span is not None:
-            task = asyncio.get_running_loop().create_task(self._end_span(outcome, counts))
-            self.pipeline.span_tasks.add(task)
-            task.add_done_callback(self.pipeline.span_tasks.discard)
+        task = asyncio.get_running_loop().create_task(self._finish(outcome, counts))
+        self.pipeline.finishing.add(task)
+        task.add_done_callback(self.pipeline.finishing.discard)
 
-    async def _end_span(self, outcome: str, c: AssociationCounts) -> None:
-        """End the association's span once its rows are registered (to report duplicates)."""
-        assert self.span is not None and self.registrations is not None
+    async def _finish(self, outcome: str, c: AssociationCounts) -> None:
+        """Once the association's rows are registered (the duplicates known): end its span and
+        hand its record to the registrar."""
         results = await asyncio.gather(*self.registrations, return_exceptions=True)
+        record = self.record
+        record.ended = dt.datetime.now(dt.UTC)
+        record.outcome = outcome
+        record.received, record.stored, record.rejected, record.failed = c.received, c.stored, c.rejected, c.failed
+        record.bytes = c.bytes
+        record.duplicate = sum(1 for r in results if r is False)
+        record.unregistered = sum(1 for r in results if isinstance(r, BaseException))
+        if not record.first_error and c.reasons:
+            record.first_error = next(iter(c.reasons))
+        self._end_span(record)
+        try:
+            await self.pipeline.registrar.submit_statement(functools.partial(associations.write, record=record))
+        except (RuntimeError, RegistrarError) as e:  # closed, or the database refused it: logged
+            ContextLogger(log, {"association": self.info.ulid}).warning("association record not written: %s", e)
+
+    def _end_span(self, record: AssociationRecord) -> None:
+        if self.span is None:
+            return
         self.span.set_attributes(
             {
-                "oxidicom.association.outcome": outcome,
-                "oxidicom.instances.received": c.received,
-                "oxidicom.instances.stored": c.stored,
-                "oxidicom.instances.rejected": c.rejected,
-                "oxidicom.instances.failed": c.failed,
-                "oxidicom.instances.duplicate": sum(1 for r in results if r is False),
-                "oxidicom.instances.registration_failed": sum(1 for r in results if isinstance(r, BaseException)),
-                "oxidicom.bytes_received": c.bytes,
+                "oxidicom.association.outcome": record.outcome,
+                "oxidicom.instances.received": record.received,
+                "oxidicom.instances.stored": record.stored,
+                "oxidicom.instances.rejected": record.rejected,
+                "oxidicom.instances.failed": record.failed,
+                "oxidicom.instances.duplicate": record.duplicate,
+                "oxidicom.instances.registration_failed": record.unregistered,
+                "oxidicom.bytes_received": record.bytes,
             }
         )
-        if outcome != "released":
-            tracing.set_error(self.span, outcome)
+        if record.outcome != "released":
+            tracing.set_error(self.span, record.outcome)
         self.span.end()

@@ -87,6 +87,17 @@ class ReceiveSettings:
         ),
         ours=True,
     )
+    history_days: int = setting(
+        "OXIDICOM_HISTORY_DAYS",
+        integer(1, 36_500),
+        default=30,
+        shown="`30`",
+        doc=(
+            "Days an association's record (`oxidicom_associations`: who sent what, counts, outcome, "
+            "first error; the console's associations log) is kept; older ones are deleted hourly."
+        ),
+        ours=True,
+    )
     state_dir: Path = setting(
         "OXIDICOM_STATE_DIR",
         path,

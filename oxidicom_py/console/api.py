@@ -5,142 +5,36 @@ answer is read from the database; PatientIDs are hashed unless ``OXIDICOM_CONSOL
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, StreamingResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
-from pydantic import BaseModel
 
 from oxidicom_py.console import guard, queries
 from oxidicom_py.console.events import Broadcaster
+from oxidicom_py.console.models import (
+    AssociationsPage,
+    DeliveriesPage,
+    DeliveryState,
+    Done,
+    Health,
+    JobDetail,
+    JobsPage,
+    JobState,
+    SeriesDetail,
+    SeriesPage,
+    SeriesState,
+)
 from oxidicom_py.console.pages import add_pages
 from oxidicom_py.processing import actions
 
 log = logging.getLogger("oxidicom_py.console")
-
-SeriesState = Literal["receiving", "complete", "incomplete"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-DeliveryState = Literal["pending", "sent", "failed"]
-
-
-class Marker(BaseModel):
-    key: str
-    value: str
-    creation_date: dt.datetime
-
-
-class Series(BaseModel):
-    pacs: str
-    series_uid: str
-    study_uid: str
-    patient_id: str
-    state: SeriesState
-    end_reason: str | None
-    expected: int | None
-    received: int
-    first_received: dt.datetime | None
-    last_received: dt.datetime | None
-    completed: dt.datetime | None
-    updated: dt.datetime
-    open_associations: int
-    modality: str | None
-    study_description: str | None
-    series_description: str | None
-
-
-class SeriesDetail(Series):
-    files: int
-    markers: list[Marker]
-
-
-class Delivery(BaseModel):
-    id: int
-    job_id: int
-    destination: str
-    ae_title: str | None
-    host: str | None
-    port: int | None
-    sop_instance_uid: str
-    state: DeliveryState
-    attempts: int
-    max_attempts: int
-    last_status: int | None
-    last_error: str | None
-    created_at: dt.datetime
-    sent_at: dt.datetime | None
-
-
-class Job(BaseModel):
-    id: int
-    rule: str
-    level: str
-    pacs: str | None
-    study_uid: str
-    series_uids: list[str]
-    state: JobState
-    reason: str | None
-    attempts: int
-    max_attempts: int
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    duration: float | None
-    last_error: str | None
-    exit_code: int | None
-    outputs: list[Any]
-    worker: str | None
-    log_excerpt: str | None
-
-
-class JobDetail(Job):
-    history: list[Any]
-    deliveries: list[Delivery]
-
-
-class Done(BaseModel):
-    detail: str
-
-
-class Page(BaseModel):
-    total: int
-    limit: int
-    offset: int
-
-
-class SeriesPage(Page):
-    items: list[Series]
-
-
-class JobsPage(Page):
-    items: list[Job]
-
-
-class DeliveriesPage(Page):
-    items: list[Delivery]
-
-
-class Receiver(BaseModel):
-    instance_id: str
-    host: str
-    started: dt.datetime
-    heartbeat_age: float
-
-
-class Health(BaseModel):
-    database: Literal["ok"]
-    series_receiving: int
-    jobs_queued: int
-    jobs_running: int
-    deliveries_failed: int
-    receivers: list[Receiver]
-
 
 BIGINT_MAX = 2**63 - 1
 Limit = Query(50, ge=1, le=queries.MAX_PAGE, description="items per page")
@@ -240,6 +134,20 @@ def make_app(db_uri: str, *, show_phi: bool = False, token: str | None = None, p
     ) -> dict[str, Any]:
         async with pool.connection() as conn:
             total, rows = await queries.deliveries_page(conn, state=state, job_id=job_id, limit=limit, offset=offset)
+        return {"total": total, "limit": limit, "offset": offset, "items": rows}
+
+    @app.get("/api/associations", response_model=AssociationsPage, summary="Associations received, newest first")
+    async def list_associations(
+        calling_ae: str | None = Query(None, description="the sender's AE title"),
+        series_uid: str | None = Query(None, description="associations that sent this series"),
+        problems: bool = Query(False, description="only those that refused or lost instances, or were not released"),
+        limit: int = Limit,
+        offset: int = Offset,
+    ) -> dict[str, Any]:
+        async with pool.connection() as conn:
+            total, rows = await queries.associations_page(
+                conn, calling_ae=calling_ae, series_uid=series_uid, problems=problems, limit=limit, offset=offset
+            )
         return {"total": total, "limit": limit, "offset": offset, "items": rows}
 
     async def act(request: Request, what: str, action: Any) -> dict[str, str]:

@@ -10,6 +10,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from oxidicom_py.identity import MARKER_PACS
+from oxidicom_py.registry.associations import ASSOCIATIONS_TABLE
 from oxidicom_py.registry.jobs_schema import DELIVERIES_TABLE, JOBS_TABLE
 from oxidicom_py.registry.schema import INSTANCES_TABLE, PACS_TABLE, PACSFILE_TABLE, PROGRESS_TABLE
 
@@ -82,7 +83,58 @@ async def series_detail(conn: psycopg.AsyncConnection, series_uid: str) -> list[
         ).fetchall()
         row["files"] = int(files["n"] if files else 0)
         row["markers"] = markers
+        row["associations"] = (
+            await associations_page(conn, calling_ae=row["pacs"], series_uid=series_uid, limit=MAX_PAGE, offset=0)
+        )[1]
+        row["jobs"] = await (
+            await cur.execute(
+                f"SELECT {_JOB_COLUMNS} FROM {JOBS_TABLE} WHERE series_uids @> ARRAY[%s]::text[] "
+                "AND (pacs_identifier IS NULL OR pacs_identifier = %s) ORDER BY id DESC LIMIT %s",
+                (series_uid, row["pacs"], MAX_PAGE),
+            )
+        ).fetchall()
+        row["deliveries"] = await (
+            await cur.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM {DELIVERIES_TABLE} WHERE job_id = ANY(%s) ORDER BY id DESC LIMIT %s",
+                ([job["id"] for job in row["jobs"]], MAX_PAGE),
+            )
+        ).fetchall()
     return rows
+
+
+_ASSOCIATION_COLUMNS: Final = (
+    "ulid, calling_ae, called_ae, peer_address, peer_port, tls_subject, started, ended, received, stored, "
+    "rejected, failed, duplicate, unregistered, bytes, outcome, first_error, series_uids"
+)
+
+
+async def associations_page(
+    conn: psycopg.AsyncConnection,
+    *,
+    calling_ae: str | None = None,
+    series_uid: str | None = None,
+    problems: bool = False,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Association records, newest first; ``problems``: only those that refused or lost something,
+    or did not end with a release."""
+    where = (
+        "WHERE (%(ae)s::text IS NULL OR calling_ae = %(ae)s) "
+        "AND (%(series)s::text IS NULL OR series_uids @> ARRAY[%(series)s::text]) "
+        "AND (NOT %(problems)s OR rejected + failed + unregistered > 0 OR outcome <> 'released')"
+    )
+    params = {"ae": calling_ae, "series": series_uid, "problems": problems, "limit": limit, "offset": offset}
+    cur = conn.cursor(row_factory=dict_row)
+    total = await (await cur.execute(f"SELECT count(*) AS n FROM {ASSOCIATIONS_TABLE} {where}", params)).fetchone()
+    rows = await (
+        await cur.execute(
+            f"SELECT {_ASSOCIATION_COLUMNS} FROM {ASSOCIATIONS_TABLE} {where} "
+            "ORDER BY ended DESC, ulid DESC LIMIT %(limit)s OFFSET %(offset)s",
+            params,
+        )
+    ).fetchall()
+    return int(total["n"] if total else 0), rows
 
 
 _JOB_COLUMNS: Final = (
@@ -117,6 +169,12 @@ async def job(conn: psycopg.AsyncConnection, job_id: int) -> dict[str, Any] | No
     return row
 
 
+_DELIVERY_COLUMNS: Final = (
+    "id, job_id, destination, ae_title, host, port, sop_instance_uid, state, attempts, max_attempts, "
+    "last_status, last_error, created_at, sent_at"
+)
+
+
 async def deliveries_page(
     conn: psycopg.AsyncConnection, *, state: str | None, job_id: int | None, limit: int, offset: int
 ) -> tuple[int, list[dict[str, Any]]]:
@@ -126,8 +184,7 @@ async def deliveries_page(
     total = await (await cur.execute(f"SELECT count(*) AS n FROM {DELIVERIES_TABLE} {where}", params)).fetchone()
     rows = await (
         await cur.execute(
-            "SELECT id, job_id, destination, ae_title, host, port, sop_instance_uid, state, attempts, max_attempts, "
-            f"last_status, last_error, created_at, sent_at FROM {DELIVERIES_TABLE} {where} "
+            f"SELECT {_DELIVERY_COLUMNS} FROM {DELIVERIES_TABLE} {where} "
             "ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s",
             params,
         )
@@ -142,7 +199,11 @@ async def health(conn: psycopg.AsyncConnection) -> dict[str, Any]:
             f"SELECT (SELECT count(*) FROM {PROGRESS_TABLE} WHERE state = 'receiving') AS series_receiving, "
             f"(SELECT count(*) FROM {JOBS_TABLE} WHERE state = 'queued') AS jobs_queued, "
             f"(SELECT count(*) FROM {JOBS_TABLE} WHERE state = 'running') AS jobs_running, "
-            f"(SELECT count(*) FROM {DELIVERIES_TABLE} WHERE state = 'failed') AS deliveries_failed"
+            f"(SELECT count(*) FROM {DELIVERIES_TABLE} WHERE state = 'failed') AS deliveries_failed, "
+            "(SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo') AS queue_depth, "
+            "(SELECT count(*) FROM procrastinate_workers WHERE last_heartbeat > now() - interval '1 minute') "
+            "AS processing_workers, "
+            f"(SELECT count(*) FROM {ASSOCIATIONS_TABLE} WHERE ended > now() - interval '1 day') AS associations_today"
         )
     ).fetchone()
     receivers = await (

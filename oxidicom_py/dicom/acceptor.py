@@ -64,11 +64,13 @@ class AcceptorMachine(PduFraming):
         *,
         admission: Admission | None = None,
         log: logging.LoggerAdapter | None = None,  # type: ignore[type-arg]
+        tls_subject: str = "",
     ) -> None:
         super().__init__()
         self.config = config
         self.ulid = ulid
         self.peer = peer
+        self.tls_subject = tls_subject
         self._admission = admission
         self.log = log or logging.LoggerAdapter(logging.getLogger("oxidicom_py.net"), {"association": ulid})
         self.state = STA2_AWAIT_RQ
@@ -423,6 +425,7 @@ class AcceptorMachine(PduFraming):
             contexts=accepted,
             peer_max_pdu=req.max_pdu_length,
             peer_implementation=req.implementation_class_uid,
+            tls_subject=self.tls_subject,
         )
         self.log.info(
             "association accepted with %d of %d presentation contexts", len(accepted), len(req.contexts), extra=extra

@@ -19,6 +19,8 @@ class AssociationInfo:
     contexts: dict[int, AcceptedContext]
     peer_max_pdu: int = 0
     peer_implementation: str = ""
+    tls_subject: str = ""
+    """The client certificate's subject over TLS (empty: no TLS, or no certificate)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,8 @@ class AssociationProtocol(asyncio.Protocol):
         """Called once the connection is gone (the accept loop's balance counts connections)."""
         self.proxied_peer: tuple[str, int] | None = None
         """The sender a load balancer's PROXY header named (else the connection's own peer)."""
+        self.tls_subject = ""
+        """The client certificate's subject (set by the TLS variant before the machine is made)."""
 
     @property
     def info(self) -> AssociationInfo | None:
@@ -113,7 +115,13 @@ class AssociationProtocol(asyncio.Protocol):
             transport.close()
             return
         self.machine = AcceptorMachine(
-            self.config, self.ulid, self._peer, self._loop.time(), admission=self._admission, log=self._log
+            self.config,
+            self.ulid,
+            self._peer,
+            self._loop.time(),
+            admission=self._admission,
+            log=self._log,
+            tls_subject=self.tls_subject,
         )
         self._arm()
 

@@ -133,6 +133,7 @@ class _TlsAssociationProtocol(AssociationProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         details = tls.peer_details(transport)
         if details is not None:
+            self.tls_subject = str(details["peer_certificate"] or "")
             peer = self.proxied_peer or transport.get_extra_info("peername") or ("?", 0)
             self._log.info("TLS connection", extra={"peer": f"{peer[0]}:{peer[1]}", **details})
         super().connection_made(transport)

@@ -1,6 +1,6 @@
-"""What the registrar queues and batches: a submitted row with its future, a batch entry (one
-distinct fname and every submission of it), an attempt's commit state, and the hooks a
-registration transaction runs."""
+"""What the registrar queues and batches: a submitted row with its future, a statement riding
+along, a batch entry (one distinct fname and every submission of it), an attempt's commit
+state, and the hooks a registration transaction runs."""
 
 from __future__ import annotations
 
@@ -46,13 +46,25 @@ class Entry:
     items: list[Item] = field(default_factory=list)
 
 
-class Attempt:
-    """Tracks whether COMMIT was sent, to tell an unknown outcome from a sure rollback."""
+@dataclass(slots=True)
+class Statement:
+    """SQL of its own (not a row) that rides in the next batch's transaction."""
 
-    __slots__ = ("commit_sent",)
+    run: InTransaction
+    future: asyncio.Future[None]
+    enqueued: float
+    resolved: bool = False
+
+
+class Attempt:
+    """Tracks whether COMMIT was sent, to tell an unknown outcome from a sure rollback, and
+    which statements the database refused (dropped from this attempt, logged)."""
+
+    __slots__ = ("commit_sent", "dropped")
 
     def __init__(self) -> None:
         self.commit_sent = False
+        self.dropped: list[tuple[Statement, BaseException]] = []
 
 
 def has_extras(entries: Sequence[Entry]) -> bool:

@@ -14,6 +14,7 @@ from typing import Final
 
 import psycopg
 
+from oxidicom_py.registry.associations import ASSOCIATIONS_INDEXES, ASSOCIATIONS_TABLE
 from oxidicom_py.registry.jobs_schema import (
     DELIVERIES_TABLE,
     JOB_OUTPUTS_TABLE,
@@ -42,6 +43,7 @@ TABLES: Final = (
     JOBS_TABLE,
     JOB_OUTPUTS_TABLE,
     DELIVERIES_TABLE,
+    ASSOCIATIONS_TABLE,
 )
 COLUMNS: Final = (
     (PROGRESS_TABLE, "end_reason"),
@@ -80,7 +82,7 @@ async def problems(conn: psycopg.AsyncConnection) -> list[str]:
         ).fetchone()
         if row is None:
             missing.append(f"column {table}.{column}")
-    for name in (*INDEXES, *PROGRESS_INDEXES, *JOBS_INDEXES):
+    for name in (*INDEXES, *PROGRESS_INDEXES, *JOBS_INDEXES, *ASSOCIATIONS_INDEXES):
         state = await (await conn.execute(_INDEX_STATE, (name,))).fetchone()
         if state is None or not state[0]:
             missing.append(f"index {name}" if state is None else f"index {name} (invalid)")

@@ -16,15 +16,16 @@ Scheduling (all on the event loop thread):
   same rows with exponential backoff, forever, until they commit or :meth:`Registrar.close`
   runs out of its deadline;
 * a row's future resolves after its batch COMMITs: ``True`` if inserted, ``False`` if the
-  fname was already registered (earlier, concurrently, or in the same batch).
+  fname was already registered (earlier, concurrently, or in the same batch);
+* statements (:meth:`Registrar.submit_statement`, e.g. an association's record) wait like rows
+  and ride in the next batch's transaction, each in a savepoint: one the database refuses is
+  dropped (logged, its future fails) without failing the rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import datetime as dt
 import logging
 import time
 from collections import deque
@@ -34,25 +35,16 @@ from typing import Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from oxidicom_py.record import PacsFileRow, log_fields
+from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry import batch_sql
-from oxidicom_py.registry.batch_items import (
-    Attempt,
-    CreationDates,
-    Entry,
-    InsertRows,
-    InTransaction,
-    Item,
-    OnInserted,
-    due_at,
-    has_extras,
-)
+from oxidicom_py.registry.batch_commit import BatchCommit
+from oxidicom_py.registry.batch_items import InsertRows, InTransaction, Item, OnInserted, Statement, due_at
 from oxidicom_py.registry.batch_metrics import ALREADY as _ALREADY
 from oxidicom_py.registry.batch_metrics import INSERTED as _INSERTED
 from oxidicom_py.registry.batch_metrics import REJECTED as _REJECTED
 from oxidicom_py.registry.batch_metrics import observe_batch
-from oxidicom_py.registry.errors import RegistrarClosedError, RegistrarError, RowRejectedError, describe, is_data_error
-from oxidicom_py.registry.fitting import DbRow, fit_row
+from oxidicom_py.registry.errors import RegistrarClosedError, RegistrarError, RowRejectedError
+from oxidicom_py.registry.fitting import DbRow
 from oxidicom_py.telemetry import tracing
 
 __all__ = ["Registrar", "RegistrarClosedError", "RegistrarError", "RowRejectedError"]
@@ -90,21 +82,27 @@ class Registrar:
         autocommitted statement)."""
         if batch_size < 1 or max_concurrent_batches < 1 or linger < 0:
             raise ValueError("batch_size and max_concurrent_batches must be >= 1, linger >= 0")
-        self._pool = pool
         self._batch_size = batch_size
         self._linger = linger
         self._max_batches = max(1, min(max_concurrent_batches, pool.max_size))
         self._log = logger or _module_logger
-        self._acquire_timeout = acquire_timeout
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._on_inserted = on_inserted
-        self._before_commit = before_commit
-        self._on_begin = on_begin
-        self._insert = insert
+        self._batches = BatchCommit(
+            pool,
+            self,
+            self._log,
+            acquire_timeout=acquire_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+            on_inserted=on_inserted,
+            on_begin=on_begin,
+            before_commit=before_commit,
+            insert=insert,
+        )
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: deque[Item] = deque()
+        self._statements: deque[Statement] = deque()
+        self._statements_urgent = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -115,8 +113,6 @@ class Registrar:
         self._flush_pending = 0  # the first N buffered rows go out without lingering
         self._abandoned = False  # close() deadline passed: launch nothing more
         self._closed = False
-        self._pacs_ids: dict[str, int] = {}
-        self._creation_dates = CreationDates()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -150,6 +146,24 @@ class Registrar:
         self._idle.clear()
         if urgent:
             self._flush_pending = len(self._buffer)
+        self._pump()
+        return future
+
+    def submit_statement(self, run: InTransaction, *, urgent: bool = False) -> asyncio.Future[None]:
+        """Queue SQL of its own to run in the next batch's transaction (it lingers as rows do;
+        with no row to ride with, it is a batch of its own). It runs in a savepoint: a data
+        error drops it (its future gets :class:`RowRejectedError`) and the rows still commit;
+        other errors retry the batch, so ``run`` must be idempotent. The future resolves once
+        the transaction committed."""
+        loop = self._require_loop()
+        if self._closing:
+            raise RuntimeError("registrar is closed")
+        future: asyncio.Future[None] = loop.create_future()
+        self._statements.append(Statement(run, future, loop.time()))
+        self._pending += 1
+        self._idle.clear()
+        if urgent:
+            self._statements_urgent = True
         self._pump()
         return future
 
@@ -211,7 +225,9 @@ class Registrar:
                 task.cancel()
             await asyncio.gather(*self._in_flight, return_exceptions=True)
             while self._buffer:
-                self._fail(self._buffer.popleft(), RegistrarClosedError("registrar closed"))
+                self.fail(self._buffer.popleft(), RegistrarClosedError("registrar closed"))
+            while self._statements:
+                self.settle_statement(self._statements.popleft(), RegistrarClosedError("registrar closed"))
         finally:
             if self._timer is not None:
                 self._timer.cancel()
@@ -230,23 +246,31 @@ class Registrar:
         loop = self._require_loop()
         if self._abandoned:
             return
-        while self._buffer and len(self._in_flight) < self._max_batches:
-            due = due_at(self._buffer[0].enqueued, len(self._buffer), self._linger) - _LINGER_TOLERANCE
-            urgent = self._closing or self._flush_pending > 0
+        while (self._buffer or self._statements) and len(self._in_flight) < self._max_batches:
+            due = self._due() - _LINGER_TOLERANCE
+            urgent = self._closing or self._flush_pending > 0 or self._statements_urgent
             if len(self._buffer) < self._batch_size and not urgent and loop.time() < due:
                 break
             count = min(self._batch_size, len(self._buffer))
             items = [self._buffer.popleft() for _ in range(count)]
             self._flush_pending = max(0, self._flush_pending - count)
-            task = loop.create_task(self._run_batch(items))
+            statements = list(self._statements)
+            self._statements.clear()
+            self._statements_urgent = False
+            task = loop.create_task(self._run_batch(items, statements))
             self._in_flight.add(task)
             task.add_done_callback(self._batch_done)
         self._arm_timer()
 
+    def _due(self) -> float:
+        """When the buffered rows and statements are due as a batch (some must be buffered)."""
+        oldest = min(queue[0].enqueued for queue in (self._buffer, self._statements) if queue)
+        return due_at(oldest, len(self._buffer), self._linger)
+
     def _arm_timer(self) -> None:
         loop = self._require_loop()
-        want = bool(self._buffer) and len(self._in_flight) < self._max_batches
-        deadline = due_at(self._buffer[0].enqueued, len(self._buffer), self._linger) if want else 0.0
+        want = bool(self._buffer or self._statements) and len(self._in_flight) < self._max_batches
+        deadline = self._due() if want else 0.0
         if self._timer is not None and (not want or deadline != self._timer_at):
             self._timer.cancel()
             self._timer = None
@@ -275,172 +299,53 @@ class Registrar:
             self._idle.set()
         return not item.future.done()  # the caller may have cancelled it
 
-    def _resolve(self, item: Item, inserted: bool) -> None:
+    def resolve(self, item: Item, inserted: bool) -> None:
         item.outcome = _INSERTED if inserted else _ALREADY
         if self._settle(item):
             item.future.set_result(inserted)
 
-    def _fail(self, item: Item, error: BaseException) -> None:
+    def fail(self, item: Item, error: BaseException) -> None:
         item.outcome = _REJECTED
         if self._settle(item):
             item.future.set_exception(error)
             item.future.exception()  # mark retrieved: callers may legitimately ignore futures
 
+    def settle_statement(self, statement: Statement, error: BaseException | None = None) -> None:
+        if statement.resolved:
+            return
+        statement.resolved = True
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+        if statement.future.done():
+            return
+        if error is None:
+            statement.future.set_result(None)
+        else:
+            statement.future.set_exception(error)
+            statement.future.exception()
+
     # -- one batch -----------------------------------------------------------------------------
 
-    async def _run_batch(self, items: list[Item]) -> None:
+    async def _run_batch(self, items: list[Item], statements: list[Statement]) -> None:
         started = time.monotonic()
         span = tracing.start_span(tracing.REGISTRATION_BATCH, {"oxidicom.batch.rows": len(items)})
         try:
-            entries = self._prepare(items)
-            await self._commit(entries)
+            entries = self._batches.prepare(items)
+            await self._batches.commit(entries, statements=statements)
             observe_batch(items, time.monotonic() - started, span)
         except asyncio.CancelledError:
+            closed = RegistrarClosedError("registrar closed before the batch committed")
             for item in items:
-                self._fail(item, RegistrarClosedError("registrar closed before the batch committed"))
+                self.fail(item, closed)
+            for statement in statements:
+                self.settle_statement(statement, closed)
             observe_batch(items, time.monotonic() - started, span)
             raise
         except Exception as exc:  # a bug: do not leave callers waiting forever
             for item in items:
-                self._fail(item, exc)
+                self.fail(item, exc)
+            for statement in statements:
+                self.settle_statement(statement, exc)
             observe_batch(items, time.monotonic() - started, span)
             raise
-
-    def _prepare(self, items: list[Item]) -> list[Entry]:
-        """Fit values, merge submissions with the same fname, sort by fname."""
-        entries: dict[str, Entry] = {}
-        for item in items:
-            try:
-                values = fit_row(item.row, self._log)
-            except Exception as exc:
-                self._reject(item, exc)
-                continue
-            entries.setdefault(values.fname, Entry(values)).items.append(item)
-        return [entries[fname] for fname in sorted(entries)]
-
-    async def _commit(self, entries: list[Entry], in_doubt: Sequence[dt.datetime] = ()) -> None:
-        """Commit ``entries``: retry on operational errors, bisect on data errors.
-
-        ``in_doubt`` holds the creation dates of earlier attempts on these rows whose COMMIT
-        outcome is unknown; rows found stored with one of them count as inserted by us.
-        """
-        if not entries:
-            return
-        in_doubt = list(in_doubt)
-        attempt = 0
-        pacs_refreshed = False
-        while True:
-            attempt += 1
-            creation_date = self._creation_dates.next()
-            state = Attempt()
-            try:
-                inserted = await self._transaction(entries, creation_date, in_doubt, state)
-            except psycopg.errors.ForeignKeyViolation as exc:
-                if pacs_refreshed:  # the refreshed ids failed too: treat as a data error
-                    await self._split(entries, exc, in_doubt)
-                    return
-                pacs_refreshed = True  # a cached pacs id vanished (row deleted): look them up again
-                self._pacs_ids.clear()
-                continue
-            except Exception as exc:
-                if is_data_error(exc):
-                    await self._split(entries, exc, in_doubt)
-                    return
-                if state.commit_sent:
-                    in_doubt.append(creation_date)
-                await self._backoff(entries, attempt, exc)
-                continue
-            for entry in entries:
-                first, *others = entry.items
-                self._resolve(first, entry.values.fname in inserted)
-                for item in others:
-                    self._resolve(item, False)
-            self._log.debug(
-                "batch committed",
-                extra={"count": len(entries), "inserted": len(inserted), "attempt": attempt},
-            )
-            return
-
-    async def _transaction(
-        self,
-        entries: Sequence[Entry],
-        creation_date: dt.datetime,
-        in_doubt: Sequence[dt.datetime],
-        state: Attempt,
-    ) -> set[str]:
-        rows = [entry.values for entry in entries]
-        missing = {row.pacs_identifier for row in rows} - self._pacs_ids.keys()
-        hooks = self._on_begin is not None or self._on_inserted is not None
-        if not missing and not in_doubt and not hooks and not has_extras(entries):
-            async with self._pool.connection(timeout=self._acquire_timeout) as conn:
-                await conn.set_autocommit(True)
-                try:
-                    state.commit_sent = True  # from here on, a lost connection leaves the outcome unknown
-                    return await self._insert(conn, rows, self._pacs_ids, creation_date)
-                finally:
-                    with contextlib.suppress(psycopg.Error):  # a broken connection is discarded anyway
-                        await conn.set_autocommit(False)
-        after: Callable[[], None] | None = None
-        async with self._pool.connection(timeout=self._acquire_timeout) as conn, conn.transaction():
-            if self._on_begin is not None:
-                await self._on_begin(conn, rows)
-            new_ids = await batch_sql.upsert_pacs(conn, missing)
-            pacs_ids = {**self._pacs_ids, **new_ids}
-            inserted = await self._insert(conn, rows, pacs_ids, creation_date)
-            if self._on_inserted is not None and inserted:
-                after = await self._on_inserted(conn, [row for row in rows if row.fname in inserted])
-            for entry in entries:
-                for item in entry.items:
-                    if item.extra is not None:
-                        await item.extra(conn)
-            if in_doubt and len(inserted) < len(rows):
-                others = [row.fname for row in rows if row.fname not in inserted]
-                inserted |= await batch_sql.inserted_by_attempts(conn, others, in_doubt)
-            if self._before_commit is not None:
-                await self._before_commit(conn)
-            state.commit_sent = True
-        self._pacs_ids.update(new_ids)  # only ids of committed rows are cached
-        if after is not None:
-            try:
-                after()
-            except Exception:  # what follows a commit must not make it look failed (and retried)
-                self._log.exception("an after-commit action failed")
-        return inserted
-
-    async def _split(self, entries: list[Entry], error: BaseException, in_doubt: Sequence[dt.datetime]) -> None:
-        if len(entries) == 1:
-            for item in entries[0].items:
-                self._reject(item, error)
-            return
-        self._log.warning(
-            "batch rejected by the database, splitting it",
-            extra={"count": len(entries), "error": describe(error)},
-        )
-        middle = len(entries) // 2
-        await self._commit(entries[:middle], in_doubt)
-        await self._commit(entries[middle:], in_doubt)
-
-    def _reject(self, item: Item, error: BaseException) -> None:
-        self._log.error(
-            "row could not be registered",
-            extra={**log_fields(item.row), "error": describe(error)},
-        )
-        rejected = RowRejectedError(f"{item.row.fname}: {describe(error)}")
-        rejected.__cause__ = error
-        self._fail(item, rejected)
-
-    async def _backoff(self, entries: Sequence[Entry], attempt: int, error: BaseException) -> None:
-        delay = min(self._backoff_max, self._backoff_initial * 2 ** min(attempt - 1, 30))
-        level = logging.WARNING if isinstance(error, psycopg.OperationalError | OSError) else logging.ERROR
-        self._log.log(
-            level,
-            "registration failed, retrying the batch",
-            extra={
-                "count": len(entries),
-                "attempt": attempt,
-                "retry_in": delay,
-                "error": describe(error),
-                "file": entries[0].values.fname.rsplit("/", 1)[-1],
-            },
-        )
-        await asyncio.sleep(delay)

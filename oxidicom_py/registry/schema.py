@@ -16,6 +16,7 @@ from typing import Final
 import psycopg
 
 from oxidicom_py.record import COLUMN_LIMITS
+from oxidicom_py.registry.associations import ASSOCIATIONS_DDL, ASSOCIATIONS_INDEXES
 from oxidicom_py.registry.jobs_schema import PROCRASTINATE_PRESENT, jobs_ddl, procrastinate_schema
 
 ADVISORY_LOCK_KEY: Final = 0x6F786964_69636F6D  # b"oxidicom" as a signed 64-bit key
@@ -235,6 +236,8 @@ def ddl_statements() -> list[str]:
     statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in PROGRESS_INDEXES.items()]
     statements += [INSTANCES_DDL.strip(), RECONCILE_DDL.strip()]
     statements += jobs_ddl()
+    statements.append(ASSOCIATIONS_DDL.strip())
+    statements += [f'CREATE INDEX IF NOT EXISTS "{name}" ON {target}' for name, target in ASSOCIATIONS_INDEXES.items()]
     return statements
 
 

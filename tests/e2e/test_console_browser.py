@@ -67,6 +67,24 @@ def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri
             assert row.locator("td.pacs").inner_text() == "BOARDPACS"
             assert row.locator("td.patient").inner_text().startswith("sha256:")  # no PHI by default
             page.screenshot(path=str(tmp_path / "board.png"))
+            row.locator("td.series a").click()  # the series page: its association's record
+            page.wait_for_selector("#series[data-ready='1']", timeout=20_000)
+            pacs = page.locator(".pacs[data-pacs='BOARDPACS']")
+            assert pacs.get_attribute("data-state") == "complete"
+            assert "60 files" in pacs.locator(".summary").inner_text()
+            association = pacs.locator("table").first.locator("tbody tr")
+            assert association.count() == 1 and association.locator("td.stored").inner_text() == "60"
+            assert association.locator("td.outcome").inner_text() == "released"
+            page.goto(console.url + "/associations")  # the log, filtered
+            page.wait_for_selector("#associations[data-ready='1']", timeout=20_000)
+            assert page.locator("#associations tbody tr").count() == 1
+            page.fill("input[name='calling_ae']", "NOBODY")
+            page.locator("#filter button").click()
+            page.wait_for_function("document.querySelectorAll('#associations tbody tr').length === 0", timeout=10_000)
+            page.goto(console.url + "/health")
+            page.wait_for_selector("#health[data-ready='1']", timeout=20_000)
+            assert page.locator("#receivers tbody tr").count() == 1  # the serve above, beating
+            assert page.locator("#counts dd").first.inner_text() == "ok"
         finally:
             browser.close()
     assert problems == []  # no console error
@@ -132,3 +150,85 @@ def test_a_failed_job_is_retried_from_the_jobs_page_and_refused_without_the_toke
     assert job == {"state": "succeeded", "attempts": 2}
     # the refused action's own 401 is the only error the page shows in its console
     assert [p for p in problems if "401" not in p] == [], problems
+
+
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
+def test_a_failed_delivery_is_retried_from_its_page_and_delivered(tmp_path: Path, db_uri: str) -> None:
+    import json
+
+    from harness import query, storescu, wait_until
+    from peers import free_port
+    from playwright.sync_api import sync_playwright
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import MRImageStorage
+
+    answer = [0xA700]  # the destination refuses, until the test lets it accept
+    received: list[str] = []
+
+    def store(event: Any) -> int:
+        if answer[0] == 0:
+            received.append(str(event.request.AffectedSOPInstanceUID))
+        return answer[0]
+
+    dest = AE(ae_title="DEST")
+    dest.add_supported_context(MRImageStorage)
+    port = free_port()
+    server = dest.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    destination = {"ae_title": "DEST", "host": LOOPBACK, "port": port, "delivery_backoff": 0.2, "delivery_retries": 0}
+    rules = {
+        "destinations": {"dest": destination},
+        "rules": [{"name": "fwd", "when": {"Modality": "MR"}, "settle": 0.5, "send_to": ["dest"]}],
+    }
+    (tmp_path / "rules.yaml").write_text(json.dumps(rules))
+    env = {
+        "OXIDICOM_DB_CONNECTION": db_uri,
+        "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
+        "OXIDICOM_SCP_AET": "OXID",
+        "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_RULES": str(tmp_path / "rules.yaml"),
+    }
+    files = load_script("synthetic").generate(tmp_path / "src", slices=2, rows=16, cols=16, seed=47)
+    problems: list[str] = []
+    try:
+        with (
+            ServeProcess(env, tmp_path) as rx,
+            ConsoleProcess({**env, "OXIDICOM_CONSOLE_TOKEN": "t0ken"}, tmp_path) as console,
+        ):
+            storescu(rx.port, calling="DELPACS", called="OXID", files=files)
+            wait_until(
+                lambda: (
+                    (d := query(db_uri, "SELECT state FROM oxidicom_deliveries")) and d == [{"state": "failed"}] * 2
+                ),
+                60,
+                what="two failed deliveries",
+            )
+            answer[0] = 0  # the destination is mended
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                try:
+                    page = browser.new_page()
+                    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                    page.on("pageerror", lambda e: problems.append(str(e)))
+                    page.goto(console.url + "/deliveries")
+                    page.wait_for_selector("#deliveries[data-ready='1']", timeout=20_000)
+                    assert page.locator("#deliveries tbody tr").count() == 2
+                    page.fill("#token", "t0ken")
+                    page.dispatch_event("#token", "change")
+                    page.locator("#deliveries tbody tr").first.locator("button.retry").click()  # the job's failed ones
+                    page.wait_for_selector("#message[data-status='200']", timeout=10_000)
+                    wait_until(lambda: len(received) == 2, 60, what="both instances delivered")
+                    job_id = query(db_uri, "SELECT job_id FROM oxidicom_deliveries LIMIT 1")[0]["job_id"]
+                    page.goto(f"{console.url}/jobs/{job_id}")  # the job's page shows them sent
+                    page.wait_for_selector("#job[data-ready='1']", timeout=20_000)
+                    page.wait_for_function(
+                        "document.querySelectorAll('#deliveries tbody tr[data-state=\"sent\"]').length === 2",
+                        timeout=20_000,
+                    )
+                    assert page.locator("#job").get_attribute("data-state") == "succeeded"
+                finally:
+                    browser.close()
+    finally:
+        server.shutdown()
+    assert query(db_uri, "SELECT DISTINCT state FROM oxidicom_deliveries") == [{"state": "sent"}]
+    assert sorted(received) == sorted(str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    assert problems == []

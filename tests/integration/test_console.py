@@ -73,6 +73,17 @@ def test_the_api_tells_what_arrived_with_patient_ids_hashed(filled: dict[str, An
         assert http.get("/api/series", params={"limit": 0}).status_code == 422  # bad paging: a clear 422
         (detail,) = http.get(f"/api/series/{filled['uid']}").json()
         assert detail["files"] == 5
+        (association,) = detail["associations"]  # the push that sent it, as its record tells
+        assert (association["calling_ae"], association["stored"], association["outcome"]) == (
+            "CONSOLEPACS",
+            5,
+            "released",
+        )
+        assert detail["jobs"] == [] and detail["deliveries"] == []
+        log = http.get("/api/associations", params={"calling_ae": "CONSOLEPACS"}).json()
+        assert log["total"] == 1 and log["items"][0]["series_uids"] == [filled["uid"]]
+        assert http.get("/api/associations", params={"problems": True}).json()["total"] == 0
+        assert http.get("/api/associations", params={"calling_ae": "NOBODY"}).json()["total"] == 0
         assert {m["key"] for m in detail["markers"]} >= {"OxidicomAttemptedPushCount"}
         assert http.get("/api/series/1.2.3.nothing").status_code == 404
         assert http.get("/api/jobs").json() == {"total": 0, "limit": 50, "offset": 0, "items": []}
@@ -80,6 +91,7 @@ def test_the_api_tells_what_arrived_with_patient_ids_hashed(filled: dict[str, An
         assert http.get("/api/deliveries", params={"state": "failed"}).json()["total"] == 0
         health = http.get("/api/health").json()
         assert health["database"] == "ok" and health["series_receiving"] == 0 and health["receivers"] == []
+        assert (health["queue_depth"], health["processing_workers"], health["associations_today"]) == (0, 0, 1)
         assert http.get("/openapi.json").json()["info"]["title"] == "oxidicom_py console"
 
 
@@ -94,7 +106,7 @@ def test_the_api_keeps_to_its_openapi_document(filled: dict[str, Any]) -> None:
     schema = schemathesis.openapi.from_url(filled["url"] + "/openapi.json")
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 9  # the actions too: read-only here, so each is a documented 403
+    assert len(operations) == 10  # the actions too: read-only here, so each is a documented 403
     statuses: list[int] = []
     for operation in operations:
 

@@ -26,6 +26,7 @@ from harness import (
     instance_rows,
     load_script,
     peer_env,
+    query,
     wait_until,
 )
 from peers import ServeProcess
@@ -369,6 +370,13 @@ def test_serve_over_tls_registers(
         finally:
             silent.close()
         wait_until(lambda: _rows(db_uri) == len(files), 30, what="every row")
+        if implementation == "asyncio":  # the association's record names the client certificate
+            subjects = wait_until(
+                lambda: query(db_uri, "SELECT tls_subject FROM oxidicom_associations WHERE stored > 0"),
+                30,
+                what="the association record",
+            )
+            assert subjects == [{"tls_subject": "CN=GOODPACS"}]
         stored = sorted((tmp_path / "files" / "SERVICES").rglob("*.dcm"))
         assert sorted(dataset_bytes(p) for p in stored) == sorted(dataset_bytes(p) for p in files)
     assert rx.proc is not None and rx.proc.returncode == 0

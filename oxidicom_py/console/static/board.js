@@ -31,7 +31,9 @@ function show(s) {
   cell(tr, "patient", s.patient_id);
   if (s.modality !== undefined) cell(tr, "modality", s.modality);
   if (s.study_description !== undefined) cell(tr, "study", s.study_description);
-  if (s.series_description !== undefined) cell(tr, "series", s.series_description || s.series_uid);
+  if (s.series_description !== undefined) {
+    link(cell(tr, "series", ""), `/series/${encodeURIComponent(s.series_uid)}`, s.series_description || s.series_uid);
+  }
   progress(tr, s.received, s.expected);
   cell(tr, "state", s.state);
   cell(tr, "end", s.end_reason);
