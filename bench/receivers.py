@@ -396,6 +396,7 @@ def start(
             OXIDICOM_LISTENER_PORT=str(port),
             OXIDICOM_FILES_ROOT=str(out_dir),
             OXIDICOM_STATE_DIR=str(run_dir / "state"),
+            OXIDICOM_CONSOLE_PORT="0",  # the receiver is measured, not the console (a process of its own)
         )
         if rdef.fsync is False:
             env["OXIDICOM_STORAGE_FSYNC"] = "false"

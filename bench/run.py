@@ -874,7 +874,7 @@ def build_doc(
         "oxidicom_py runs with its defaults (README's Configuration) plus OXIDICOM_LISTENER_ADDRESS,"
         " _PORT, _FILES_ROOT, _DB_CONNECTION (one embedded PostgreSQL per sitting, data on disk under"
         f" {DISK_ROOT}, a fresh database per run); `P=` is OXIDICOM_LISTENER_PROCESSES as it reported in its"
-        " 'ready' line.",
+        " 'ready' line; OXIDICOM_CONSOLE_PORT=0 (the console is a process of its own, not measured).",
         f"tmpfs = {TMPFS_ROOT}/runs-*; disk = {DISK_ROOT}/runs-* (ext4 root disk; `sync` after each disk run)."
         " Corpora live on tmpfs.",
     ]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from psycopg_pool import AsyncConnectionPool
 
 from oxidicom_py import runtime
+from oxidicom_py.children import Child, start_children, stop_children
 from oxidicom_py.completion import counted_insert, progress
 from oxidicom_py.completion.tracker import CFindSettings, Tracker
 from oxidicom_py.cube.sink import CubeSink, calling_ae_check, make_sink
@@ -35,7 +36,6 @@ from oxidicom_py.net.pynetdicom_scp import PynetdicomListener
 from oxidicom_py.net.server import Listener
 from oxidicom_py.net.slots import SharedAssociationSlots
 from oxidicom_py.processing import queue as job_queue
-from oxidicom_py.processing.companion import CompanionWorker
 from oxidicom_py.processing.reloader import RulesInForce
 from oxidicom_py.processing.trigger import Trigger
 from oxidicom_py.registry import associations
@@ -338,7 +338,7 @@ async def serve_single(settings: Settings) -> int:
             )
 
         share = WorkerShare(settings.db_pool, settings.max_associations)
-        companion = start_companion(settings, prepared.db_uri)
+        children = start_children(settings, prepared.db_uri)
         try:
             clean = await run_worker(
                 settings,
@@ -351,8 +351,7 @@ async def serve_single(settings: Settings) -> int:
                 drain_delay=settings.drain_delay,
             )
         finally:
-            if companion is not None:
-                await companion.stop()
+            await stop_children(children)
         serving[0] = 0
     finally:
         if telemetry is not None:
@@ -360,15 +359,6 @@ async def serve_single(settings: Settings) -> int:
         await prepared.close()
     log.info("stopped", extra={"clean": clean})
     return 0 if clean else 1
-
-
-def start_companion(settings: Settings, db_uri: str) -> CompanionWorker | None:
-    """The processing worker beside the receivers, if ``OXIDICOM_PROCESS_IN_SERVE`` wants one."""
-    if not settings.process_in_serve:
-        return None
-    companion = CompanionWorker(db_uri, settings.process_grace)
-    companion.start()
-    return companion
 
 
 class PoolTarget:
@@ -382,7 +372,7 @@ class PoolTarget:
         self._pool: AsyncConnectionPool | None = None
         self._registrar: Registrar | None = None
         self._reconciler: Reconciler | None = None
-        self._companion: CompanionWorker | None = None
+        self._children: list[Child] = []
 
     def argv(self, index: int, listen_fd: int, ready_fd: int, slots_fd: int) -> list[str]:
         return [
@@ -417,7 +407,7 @@ class PoolTarget:
             interval=self.settings.reconcile_interval,
             grace=self.settings.reconcile_grace,
         )
-        self._companion = start_companion(self.settings, db_uri)
+        self._children = start_children(self.settings, db_uri)
 
     def workers_ready(self) -> None:
         assert self._reconciler is not None
@@ -435,8 +425,7 @@ class PoolTarget:
         return removed
 
     async def close(self) -> None:
-        if self._companion is not None:
-            await self._companion.stop()
+        await stop_children(self._children)
         if self._reconciler is not None:
             await self._reconciler.close()
         if self._registrar is not None:

@@ -23,10 +23,14 @@ class ConsoleSettings(CubeSettings):
     )
     console_port: int = setting(
         "OXIDICOM_CONSOLE_PORT",
-        integer(1, 65535),
+        integer(0, 65535),
         default=8090,
         shown="`8090`",
-        doc="Port of `oxidicom-py console` (its JSON API under `/api`, the OpenAPI document at `/openapi.json`).",
+        doc=(
+            "Port of the console (its pages at `/`, its JSON API under `/api`, the OpenAPI document at "
+            "`/openapi.json`). `serve` starts it as a child process (restarted if it dies; not if the port is "
+            "taken); `0`: `serve` does not (run `oxidicom-py console` elsewhere, e.g. on another host)."
+        ),
         ours=True,
     )
     console_show_phi: bool = setting(

@@ -29,6 +29,10 @@ from psycopg.conninfo import make_conninfo
 
 from oxidicom_py.registry.embedded import EmbeddedPostgres, stop_stale_servers
 
+# Every `serve` a test starts inherits this: no console child on the fixed default port (two
+# receivers of one test would fight over it); tests of the console child set a port themselves.
+os.environ.setdefault("OXIDICOM_CONSOLE_PORT", "0")
+
 PG_TEST_ROOT = Path(os.environ.get("OXIDICOM_TEST_PG_ROOT", "/tmp/oxidicom_py_tests/pg"))
 EXTERNAL_DB_ENV = "OXIDICOM_TEST_DB_CONNECTION"
 

@@ -69,6 +69,7 @@ def cluster(tmp_path: Path, pg_server_uri: str) -> Iterator[dict[str, Any]]:
             "OXIDICOM_SCP_AET": "OXI",
             "OXIDICOM_LISTENER_ADDRESS": "0.0.0.0",
             "OXIDICOM_LISTENER_PROCESSES": "2",
+            "OXIDICOM_CONSOLE_PORT": "0",
             "OXIDICOM_METRICS_PORT": "9100",
             "OXIDICOM_METRICS_ADDRESS": "0.0.0.0",
             "OXIDICOM_PROXY_PROTOCOL": "true",

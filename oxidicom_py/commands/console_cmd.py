@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
+import socket
 import sys
 from typing import Any
+
+from oxidicom_py.children import ADDRESS_IN_USE, CONFIGURATION_ERROR
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -27,12 +31,25 @@ def cmd_console(args: argparse.Namespace) -> int:
         uri = database_uri(s)
     except settings_mod.SettingsError as e:
         print(f"oxidicom-py: configuration error: {e}", file=sys.stderr)
-        return 2
+        return CONFIGURATION_ERROR
     except DatabaseUnavailableError as e:
         print(f"oxidicom-py: database: {e}", file=sys.stderr)
         return 4
     logs.configure(s.log_level, static={"role": "console"})
     log = logging.getLogger("oxidicom_py.console")
+    if not s.console_port:
+        log.error("OXIDICOM_CONSOLE_PORT=0 turns the console off: set a port to run it")
+        return CONFIGURATION_ERROR
+    try:  # bound here, so that a taken port is one clear line and an exit code serve knows
+        family = socket.AF_INET6 if ":" in s.console_address else socket.AF_INET
+        sock = socket.create_server((s.console_address, s.console_port), family=family)
+    except OSError as e:
+        where = f"{s.console_address}:{s.console_port}"
+        if e.errno == errno.EADDRINUSE:
+            log.error("console not started: %s is in use (another console?); set OXIDICOM_CONSOLE_PORT", where)
+            return ADDRESS_IN_USE
+        log.error("console not started: cannot listen on %s: %s (OXIDICOM_CONSOLE_ADDRESS)", where, e)
+        return CONFIGURATION_ERROR
 
     import uvicorn
 
@@ -60,5 +77,5 @@ def cmd_console(args: argparse.Namespace) -> int:
 
     server = Server(config)
     with contextlib.suppress(KeyboardInterrupt):
-        server.run()
+        server.run(sockets=[sock])
     return 0 if server.started else 1

@@ -31,7 +31,7 @@ def _browser_missing() -> str | None:
 
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
 def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri: str) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     files = load_script("synthetic").generate(tmp_path / "src", slices=60, rows=64, cols=64, seed=71)
     uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
@@ -80,7 +80,7 @@ def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri
             assert page.locator("#associations tbody tr").count() == 1
             page.fill("input[name='calling_ae']", "NOBODY")
             page.locator("#filter button").click()
-            page.wait_for_function("document.querySelectorAll('#associations tbody tr').length === 0", timeout=10_000)
+            expect(page.locator("#associations tbody tr")).to_have_count(0, timeout=10_000)  # (no eval: CSP)
             page.goto(console.url + "/health")
             page.wait_for_selector("#health[data-ready='1']", timeout=20_000)
             assert page.locator("#receivers tbody tr").count() == 1  # the serve above, beating
@@ -158,7 +158,7 @@ def test_a_failed_delivery_is_retried_from_its_page_and_delivered(tmp_path: Path
 
     from harness import query, storescu, wait_until
     from peers import free_port
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import MRImageStorage
 
@@ -220,10 +220,8 @@ def test_a_failed_delivery_is_retried_from_its_page_and_delivered(tmp_path: Path
                     job_id = query(db_uri, "SELECT job_id FROM oxidicom_deliveries LIMIT 1")[0]["job_id"]
                     page.goto(f"{console.url}/jobs/{job_id}")  # the job's page shows them sent
                     page.wait_for_selector("#job[data-ready='1']", timeout=20_000)
-                    page.wait_for_function(
-                        "document.querySelectorAll('#deliveries tbody tr[data-state=\"sent\"]').length === 2",
-                        timeout=20_000,
-                    )
+                    sent = page.locator("#deliveries tbody tr[data-state='sent']")
+                    expect(sent).to_have_count(2, timeout=20_000)
                     assert page.locator("#job").get_attribute("data-state") == "succeeded"
                 finally:
                     browser.close()

@@ -80,6 +80,14 @@ def test_the_receivers_are_set_up_for_a_cluster() -> None:
     processing = _by_kind("Deployment", "oxidicom-processing")["spec"]["template"]["spec"]
     assert processing["containers"][0]["command"] == ["oxidicom-py", "process"]
     assert processing["nodeSelector"] and "nvidia.com/gpu" in processing["containers"][0]["resources"]["limits"]
+    assert config["OXIDICOM_CONSOLE_PORT"] == "0"  # one console for the cluster, not one per receiver
+    console = _by_kind("Deployment", "oxidicom-console")["spec"]["template"]["spec"]["containers"][0]
+    assert console["command"] == ["oxidicom-py", "console"]
+    console_env = {e["name"]: e.get("value") for e in console["env"]}
+    assert (
+        console_env["OXIDICOM_CONSOLE_PORT"] == "8090" and console["readinessProbe"]["httpGet"]["path"] == "/api/health"
+    )
+    assert _by_kind("Service", "oxidicom-console")["spec"]["type"] == "ClusterIP"
 
 
 def test_the_haproxy_file_is_valid_and_balances_dicom_at_layer_4() -> None:

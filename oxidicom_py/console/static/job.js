@@ -3,6 +3,14 @@
 "use strict";
 
 const id = main.dataset.job;
+const SOP_CLASSES = {
+  "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+  "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR",
+  "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
+  "1.2.840.10008.5.1.4.1.1.4": "MR Image",
+  "1.2.840.10008.5.1.4.1.1.2": "CT Image",
+  "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
+};
 
 function facts(job) {
   const dl = document.getElementById("facts");
@@ -19,7 +27,7 @@ function facts(job) {
     dt.textContent = name;
     const dd = document.createElement("dd");
     dd.textContent = value;
-    dd.className = name.toLowerCase().replace(" ", "-");
+    dd.dataset.fact = name.toLowerCase().replace(" ", "-");
     dl.append(dt, dd);
   }
 }
@@ -36,7 +44,10 @@ function show(job) {
   document.getElementById("log").textContent = job.log_excerpt || "(no log)";
   const outputs = document.querySelector("#outputs tbody");
   outputs.replaceChildren();
-  for (const output of job.outputs) addRow(outputs, { output: typeof output === "string" ? output : JSON.stringify(output) });
+  for (const o of job.outputs) {
+    if (typeof o !== "object" || o === null) addRow(outputs, { file: String(o), sop_class: "", series: "" });
+    else addRow(outputs, { file: o.path, sop_class: SOP_CLASSES[o.SOPClassUID] || o.SOPClassUID, series: o.SeriesInstanceUID });
+  }
   const deliveries = document.querySelector("#deliveries tbody");
   deliveries.replaceChildren();
   for (const d of job.deliveries) {
