@@ -160,6 +160,7 @@ async def build_worker(settings: Settings, db_uri: str, sock: socket.socket, sha
             slots=slots,
             overloaded=_backlog_check(registrar, settings.db_max_pending),
             balance=share.balance,
+            on_rejected=pipeline.rejected,
             proxy=ProxyPolicy(settings.proxy_networks or (), settings.scp_artim_timeout)
             if settings.proxy_protocol
             else None,

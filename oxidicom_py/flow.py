@@ -19,11 +19,10 @@ import functools
 import logging
 
 from oxidicom_py.completion.tracker import AssociationSeries, Tracker
-from oxidicom_py.dicom.events import AssociationInfo
+from oxidicom_py.dicom.events import AssociationInfo, AssociationRejected
 from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry import associations
 from oxidicom_py.registry.associations import AssociationRecord
-from oxidicom_py.registry.errors import RegistrarError
 from oxidicom_py.registry.registrar import Registrar
 from oxidicom_py.storage.ingest import AssociationCounts
 from oxidicom_py.telemetry import tracing
@@ -45,10 +44,37 @@ class Pipeline:
     def observe(self, info: AssociationInfo) -> AssociationFlow:
         return AssociationFlow(self, info)
 
+    def rejected(self, event: AssociationRejected, ulid: str, peer: tuple[str, int], tls_subject: str) -> None:
+        """A permanent A-ASSOCIATE-RJ (wrong AE titles): recorded too, as the on-call person's
+        first question is often why a PACS's push never arrived."""
+        now = dt.datetime.now(dt.UTC)
+        record = AssociationRecord(ulid, event.calling_ae, event.called_ae, peer, now, tls_subject, ended=now)
+        record.outcome = f"rejected: {event.reason}"
+        record.first_error = event.detail
+        write_record(self.registrar, record)
+
     async def finished(self) -> None:
         """Wait until every ended association has its record written and its span ended."""
         while self.finishing:
             await asyncio.gather(*list(self.finishing), return_exceptions=True)
+
+
+def write_record(registrar: Registrar, record: AssociationRecord) -> asyncio.Future[None]:
+    """Hand ``record`` to the registrar's next batch; the returned future never fails (a record
+    that could not be written is logged)."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def settled(future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and (error := future.exception()) is not None:
+            ContextLogger(log, {"association": record.ulid}).warning("association record not written: %s", error)
+        done.set_result(None)
+
+    try:
+        registrar.submit_statement(functools.partial(associations.write, record=record)).add_done_callback(settled)
+    except RuntimeError as e:  # the registrar is closing
+        ContextLogger(log, {"association": record.ulid}).warning("association record not written: %s", e)
+        done.set_result(None)
+    return done
 
 
 class AssociationFlow:
@@ -118,10 +144,7 @@ class AssociationFlow:
         if not record.first_error and c.reasons:
             record.first_error = next(iter(c.reasons))
         self._end_span(record)
-        try:
-            await self.pipeline.registrar.submit_statement(functools.partial(associations.write, record=record))
-        except (RuntimeError, RegistrarError) as e:  # closed, or the database refused it: logged
-            ContextLogger(log, {"association": self.info.ulid}).warning("association record not written: %s", e)
+        await write_record(self.pipeline.registrar, record)
 
     def _end_span(self, record: AssociationRecord) -> None:
         if self.span is None:

@@ -403,7 +403,15 @@ class AcceptorMachine(PduFraming):
                 self.log.warning("association rejected: calling AE title %r: %s", req.calling_ae, why, extra=extra)
             else:
                 self.log.warning("association rejected %s", refusal, extra=extra)
-            self._events.append(AssociationRejected(acse.rejection_label(refusal)))
+            self._events.append(
+                AssociationRejected(
+                    acse.rejection_label(refusal),
+                    req.calling_ae,
+                    req.called_ae,
+                    permanent=refusal[0] == pdu.RJ_PERMANENT,
+                    detail=why or "",
+                )
+            )
             self._out += pdu.encode_associate_rj(*refusal)
             self._close()
             return

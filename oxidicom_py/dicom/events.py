@@ -41,9 +41,14 @@ class AssociationEstablished:
 @dataclass(slots=True)
 class AssociationRejected:
     """An association refused (A-ASSOCIATE-RJ) or a connection dropped before one; ``reason``
-    is the label of ``oxidicom_associations_rejected_total``."""
+    is the label of ``oxidicom_associations_rejected_total``; ``permanent``: an A-ASSOCIATE-RJ
+    the sender must not simply retry (its AE titles; not a local limit)."""
 
     reason: str
+    calling_ae: str = ""
+    called_ae: str = ""
+    permanent: bool = False
+    detail: str = ""
 
 
 @dataclass(slots=True)

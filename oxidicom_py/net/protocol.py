@@ -62,6 +62,10 @@ class AssociationHandler(Protocol):
     def closed(self, outcome: str) -> None: ...
 
 
+OnRejected = Callable[[AssociationRejected, str, tuple[str, int], str], None]
+"""(the rejection, the association's ULID, the peer, the TLS client certificate's subject)."""
+
+
 class AssociationProtocol(asyncio.Protocol):
     def __init__(
         self,
@@ -88,6 +92,8 @@ class AssociationProtocol(asyncio.Protocol):
         self.proxied_peer: tuple[str, int] | None = None
         """The sender a load balancer's PROXY header named (else the connection's own peer)."""
         self.tls_subject = ""
+        self.on_rejected: OnRejected | None = None
+        """Told of each permanent A-ASSOCIATE-RJ (the association records keep them)."""
         """The client certificate's subject (set by the TLS variant before the machine is made)."""
 
     @property
@@ -175,6 +181,8 @@ class AssociationProtocol(asyncio.Protocol):
                 self._arm()
             elif isinstance(event, AssociationRejected):
                 metrics.ASSOCIATIONS_REJECTED.labels(event.reason).inc()
+                if event.permanent and self.on_rejected is not None:
+                    self.on_rejected(event, self.ulid, self._peer, self.tls_subject)
             elif isinstance(event, CloseConnection):
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.close()

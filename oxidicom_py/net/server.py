@@ -14,7 +14,7 @@ from oxidicom_py.dicom.events import AssociationInfo
 from oxidicom_py.net import tls
 from oxidicom_py.net.accepting import AcceptLoop
 from oxidicom_py.net.balance import Balance
-from oxidicom_py.net.protocol import AssociationHandler, AssociationProtocol
+from oxidicom_py.net.protocol import AssociationHandler, AssociationProtocol, OnRejected
 from oxidicom_py.net.proxy_header import ProxyPolicy
 from oxidicom_py.net.slots import AssociationSlots
 
@@ -39,11 +39,13 @@ class Listener:
         overloaded: Callable[[], str | None] | None = None,
         balance: Balance | None = None,
         proxy: ProxyPolicy | None = None,
+        on_rejected: OnRejected | None = None,
     ) -> None:
         """``overloaded``: returns why new associations should wait (e.g. a registration
         backlog while the database is away), or None; ``balance``: shared with the other
         workers of a pool, which of them takes the next connection; ``proxy``: connections
-        start with a PROXY protocol v2 header naming the sender."""
+        start with a PROXY protocol v2 header naming the sender; ``on_rejected``: told of each
+        permanent A-ASSOCIATE-RJ."""
         self.config = config
         self._on_established = on_established
         self.slots = slots if slots is not None else AssociationSlots(max_associations)
@@ -52,6 +54,7 @@ class Listener:
         self.balance = balance if balance is not None else Balance()
         self.accepting: AcceptLoop | None = None
         self.proxy = proxy
+        self.on_rejected = on_rejected
 
     def _admission(self, req: pdu.AssociateRequest, peer: tuple[str, int]) -> tuple[int, int, int] | None:
         """Refuse while overloaded or without a free slot; a slot taken here is given back when
@@ -88,6 +91,7 @@ class Listener:
             protocol = kind(self.config, self._established, self._admission)
             protocol.on_lost = release
             protocol.proxied_peer = peer
+            protocol.on_rejected = self.on_rejected
             return protocol
 
         return make

@@ -29,6 +29,14 @@ def _browser_missing() -> str | None:
     return None
 
 
+def _watched_page(browser: Any, problems: list[str]) -> Any:
+    """A new page whose console errors and uncaught exceptions go to ``problems``."""
+    page = browser.new_page()
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return page
+
+
 @pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
 def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri: str) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -41,9 +49,7 @@ def test_the_board_shows_a_series_arriving_until_complete(tmp_path: Path, db_uri
     with ServeProcess(env, tmp_path) as rx, ConsoleProcess(env, tmp_path) as console, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page()
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
+            page = _watched_page(browser, problems)
             page.on("request", lambda r: None if r.url.startswith(console.url + "/") else outside.append(r.url))
             page.goto(console.url + "/")
             page.wait_for_selector("#board[data-ready='1']", timeout=20_000)
@@ -129,9 +135,7 @@ def test_a_failed_job_is_retried_from_the_jobs_page_and_refused_without_the_toke
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             try:
-                page = browser.new_page()
-                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                page.on("pageerror", lambda e: problems.append(str(e)))
+                page = _watched_page(browser, problems)
                 page.goto(console.url + "/jobs")
                 page.wait_for_selector("#jobs[data-ready='1']", timeout=20_000)
                 row = page.locator("tr[data-state='failed']")
@@ -206,9 +210,7 @@ def test_a_failed_delivery_is_retried_from_its_page_and_delivered(tmp_path: Path
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
                 try:
-                    page = browser.new_page()
-                    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-                    page.on("pageerror", lambda e: problems.append(str(e)))
+                    page = _watched_page(browser, problems)
                     page.goto(console.url + "/deliveries")
                     page.wait_for_selector("#deliveries[data-ready='1']", timeout=20_000)
                     assert page.locator("#deliveries tbody tr").count() == 2

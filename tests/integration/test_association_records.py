@@ -15,10 +15,11 @@ from typing import Any
 import psycopg
 import pydicom
 import pytest
-from harness import RawScu, dataset_bytes, load_script, query, sop_of, storescu, wait_until
+from harness import RawClient, RawScu, associate_rq, dataset_bytes, load_script, query, sop_of, storescu, wait_until
 from peers import ServeProcess
 from psycopg_pool import AsyncConnectionPool
 
+from oxidicom_py.dicom import pdu
 from oxidicom_py.record import PacsFileRow
 from oxidicom_py.registry import associations
 from oxidicom_py.registry.associations import AssociationRecord
@@ -171,6 +172,7 @@ def test_serve_records_every_association_with_its_counts(db_uri: str, tmp_path: 
         "OXIDICOM_FILES_ROOT": str(tmp_path / "files"),
         "OXIDICOM_SCP_AET": "OXIREC",
         "OXIDICOM_LISTENER_PROCESSES": "1",
+        "OXIDICOM_SCP_ALLOWED_AETS": "RECPACS,BADPACS",
     }
     with ServeProcess(env, tmp_path) as rx:
         storescu(rx.port, files, calling="RECPACS", called="OXIREC")
@@ -180,12 +182,16 @@ def test_serve_records_every_association_with_its_counts(db_uri: str, tmp_path: 
         status, _comment = scu.store(1, sop_class, sop_instance + ".9", dataset_bytes(files[0]))  # UID mismatch
         assert status >= 0xA000
         scu.release()
+        stranger = RawClient(rx.port)  # a sender the receiver does not know: refused, and recorded
+        stranger.send(associate_rq([(1, sop_class, [EXPLICIT_LE])], calling="STRANGER", called="OXIREC"))
+        assert stranger.recv_pdu()[0] == pdu.A_ASSOCIATE_RJ
+        stranger.close()
         rows = wait_until(
-            lambda: (r := query(db_uri, "SELECT * FROM oxidicom_associations ORDER BY started")) and len(r) == 3 and r,
+            lambda: (r := query(db_uri, "SELECT * FROM oxidicom_associations ORDER BY started")) and len(r) == 4 and r,
             30,
-            what="three association records",
+            what="four association records",
         )
-    first, second, bad = rows
+    first, second, bad, refused = rows
     for record in (first, second):
         assert (record["calling_ae"], record["called_ae"], record["peer_address"]) == ("RECPACS", "OXIREC", "127.0.0.1")
         assert (record["received"], record["stored"], record["rejected"], record["failed"]) == (4, 4, 0, 0)
@@ -195,3 +201,5 @@ def test_serve_records_every_association_with_its_counts(db_uri: str, tmp_path: 
     assert (first["duplicate"], second["duplicate"]) == (0, 4)
     assert (bad["calling_ae"], bad["received"], bad["stored"], bad["rejected"] + bad["failed"]) == ("BADPACS", 1, 0, 1)
     assert bad["first_error"] and bad["series_uids"] == []
+    assert (refused["calling_ae"], refused["called_ae"], refused["received"]) == ("STRANGER", "OXIREC", 0)
+    assert refused["outcome"] == "rejected: calling_ae_not_allowed" and refused["peer_address"] == "127.0.0.1"
