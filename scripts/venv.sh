@@ -15,7 +15,14 @@ ensure_venv() {
     echo "creating .venv with $($py --version)"
     "$py" -m venv .venv
   fi
+  # the install is editable: only a change of the declared dependencies needs pip again
+  local stamp=".venv/.oxidicom-installed-${spec//[^A-Za-z0-9]/_}" want
+  want=$(cat pyproject.toml setup.py 2>/dev/null | "$py" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/oxidicom-py ]; then
+    return 0
+  fi
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   echo "installing oxidicom_py ($spec) into .venv"
   .venv/bin/python -m pip install -q -e "$spec"
+  echo "$want" > "$stamp"
 }

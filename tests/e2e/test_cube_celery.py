@@ -217,7 +217,7 @@ def test_a_series_split_over_two_associations_gives_two_tasks_and_a_bad_ae_title
     assert lonk.decode(payloads[ends[1] - 1]) == ("progress", 8)
 
 
-OUTAGE = 20.0
+OUTAGE = 6.0
 """Seconds the broker stays down."""
 
 
