@@ -36,6 +36,7 @@ reference, the result can never leave the storage root:
 :func:`instance_path` checks its result with :func:`assert_safe_relative`.
 """
 
+import functools
 import posixpath
 import re
 from collections.abc import Mapping
@@ -94,9 +95,10 @@ def first_value(raw: str | None) -> str | None:
     of a backslash-separated multi-value, trimmed with :func:`rust_trim`.
     A whitespace-only value gives ``""`` (present, not missing).
     """
-    if raw is None or raw == "":
+    if not raw:
         return None
-    return rust_trim(raw.split("\\", 1)[0])
+    cut = raw.find("\\")  # (no list from split, no call to rust_trim: ~18 calls per instance)
+    return (raw if cut < 0 else raw[:cut]).strip(RUST_WHITESPACE)
 
 
 def tts(value: str | None) -> str | None:
@@ -227,8 +229,34 @@ def fitted_instance_path(aet: str, tags: Mapping[str, str | None], max_length: i
     return path, shortened
 
 
+_FOLDER_KEYS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "StudyDescription",
+    "AccessionNumber",
+    "StudyDate",
+    "SeriesNumber",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+)
+"""Every value the series folder is made of (and nothing else)."""
+
+
 def _folders(aet: str, tags: Mapping[str, str | None], cut: int | None) -> str:
-    """The series folder; every descriptive value cut to ``cut`` characters when given."""
+    """The series folder; every descriptive value cut to ``cut`` characters when given.
+
+    The instances of a series (and of an association) share it: it is made once and remembered
+    for the next ones (a few hundred folders; ~40 µs per instance saved on small instances)."""
+    return _folders_of(aet, cut, tuple([tags.get(keyword) for keyword in _FOLDER_KEYS]))
+
+
+@functools.lru_cache(maxsize=512)
+def _folders_of(aet: str, cut: int | None, values: tuple[str | None, ...]) -> str:
+    return _make_folders(aet, dict(zip(_FOLDER_KEYS, values, strict=True)), cut)
+
+
+def _make_folders(aet: str, tags: Mapping[str, str | None], cut: int | None) -> str:
 
     def described(keyword: str, missing: str) -> str:
         value = _optional(tags, keyword, missing)
