@@ -48,14 +48,19 @@ async def series_page(
         "AND (%(pacs)s::text IS NULL OR p.pacs_identifier = %(pacs)s)"
     )
     params = {"state": state, "pacs": pacs, "limit": limit, "offset": offset}
+    order = "p.updated DESC, p.id DESC"
+    return await _page(conn, f"{PROGRESS_TABLE} p", f"SELECT {_SERIES_COLUMNS}", where, order, params)
+
+
+async def _page(
+    conn: psycopg.AsyncConnection, source: str, select: str, where: str, order: str, params: dict[str, Any]
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many rows of ``source`` match ``where``, and the page of them ``select`` gives
+    (``params`` holds ``limit`` and ``offset``)."""
     cur = conn.cursor(row_factory=dict_row)
-    total = await (await cur.execute(f"SELECT count(*) AS n FROM {PROGRESS_TABLE} p {where}", params)).fetchone()
-    rows = await (
-        await cur.execute(
-            f"SELECT {_SERIES_COLUMNS} {where} ORDER BY p.updated DESC, p.id DESC LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        )
-    ).fetchall()
+    total = await (await cur.execute(f"SELECT count(*) AS n FROM {source} {where}", params)).fetchone()
+    page = f"{select} {where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s"
+    rows = await (await cur.execute(page, params)).fetchall()
     return int(total["n"] if total else 0), rows
 
 
@@ -125,16 +130,8 @@ async def associations_page(
         "AND (NOT %(problems)s OR rejected + failed + unregistered > 0 OR outcome <> 'released')"
     )
     params = {"ae": calling_ae, "series": series_uid, "problems": problems, "limit": limit, "offset": offset}
-    cur = conn.cursor(row_factory=dict_row)
-    total = await (await cur.execute(f"SELECT count(*) AS n FROM {ASSOCIATIONS_TABLE} {where}", params)).fetchone()
-    rows = await (
-        await cur.execute(
-            f"SELECT {_ASSOCIATION_COLUMNS} FROM {ASSOCIATIONS_TABLE} {where} "
-            "ORDER BY ended DESC, ulid DESC LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        )
-    ).fetchall()
-    return int(total["n"] if total else 0), rows
+    select = f"SELECT {_ASSOCIATION_COLUMNS} FROM {ASSOCIATIONS_TABLE}"
+    return await _page(conn, ASSOCIATIONS_TABLE, select, where, "ended DESC, ulid DESC", params)
 
 
 _JOB_COLUMNS: Final = (
@@ -148,15 +145,7 @@ async def jobs_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     where = "WHERE (%(state)s::text IS NULL OR state = %(state)s) AND (%(rule)s::text IS NULL OR rule = %(rule)s)"
     params = {"state": state, "rule": rule, "limit": limit, "offset": offset}
-    cur = conn.cursor(row_factory=dict_row)
-    total = await (await cur.execute(f"SELECT count(*) AS n FROM {JOBS_TABLE} {where}", params)).fetchone()
-    rows = await (
-        await cur.execute(
-            f"SELECT {_JOB_COLUMNS} FROM {JOBS_TABLE} {where} ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        )
-    ).fetchall()
-    return int(total["n"] if total else 0), rows
+    return await _page(conn, JOBS_TABLE, f"SELECT {_JOB_COLUMNS} FROM {JOBS_TABLE}", where, "id DESC", params)
 
 
 async def job(conn: psycopg.AsyncConnection, job_id: int) -> dict[str, Any] | None:
@@ -180,16 +169,8 @@ async def deliveries_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     where = "WHERE (%(state)s::text IS NULL OR state = %(state)s) AND (%(job)s::bigint IS NULL OR job_id = %(job)s)"
     params = {"state": state, "job": job_id, "limit": limit, "offset": offset}
-    cur = conn.cursor(row_factory=dict_row)
-    total = await (await cur.execute(f"SELECT count(*) AS n FROM {DELIVERIES_TABLE} {where}", params)).fetchone()
-    rows = await (
-        await cur.execute(
-            f"SELECT {_DELIVERY_COLUMNS} FROM {DELIVERIES_TABLE} {where} "
-            "ORDER BY id DESC LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        )
-    ).fetchall()
-    return int(total["n"] if total else 0), rows
+    select = f"SELECT {_DELIVERY_COLUMNS} FROM {DELIVERIES_TABLE}"
+    return await _page(conn, DELIVERIES_TABLE, select, where, "id DESC", params)
 
 
 async def health(conn: psycopg.AsyncConnection) -> dict[str, Any]:
