@@ -59,22 +59,21 @@ class Pipeline:
             await asyncio.gather(*list(self.finishing), return_exceptions=True)
 
 
-def write_record(registrar: Registrar, record: AssociationRecord) -> asyncio.Future[None]:
-    """Hand ``record`` to the registrar's next batch; the returned future never fails (a record
-    that could not be written is logged)."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+def write_record(registrar: Registrar, record: AssociationRecord) -> None:
+    """Hand ``record`` to the registrar's next batch (its close waits for it); a record that
+    cannot be written is logged."""
+
+    def not_written(error: object) -> None:
+        ContextLogger(log, {"association": record.ulid}).warning("association record not written: %s", error)
 
     def settled(future: asyncio.Future[None]) -> None:
         if not future.cancelled() and (error := future.exception()) is not None:
-            ContextLogger(log, {"association": record.ulid}).warning("association record not written: %s", error)
-        done.set_result(None)
+            not_written(error)
 
     try:
         registrar.submit_statement(functools.partial(associations.write, record=record)).add_done_callback(settled)
     except RuntimeError as e:  # the registrar is closing
-        ContextLogger(log, {"association": record.ulid}).warning("association record not written: %s", e)
-        done.set_result(None)
-    return done
+        not_written(e)
 
 
 class AssociationFlow:
@@ -144,7 +143,7 @@ class AssociationFlow:
         if not record.first_error and c.reasons:
             record.first_error = next(iter(c.reasons))
         self._end_span(record)
-        await write_record(self.pipeline.registrar, record)
+        write_record(self.pipeline.registrar, record)
 
     def _end_span(self, record: AssociationRecord) -> None:
         if self.span is None:

@@ -102,7 +102,6 @@ class Registrar:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._buffer: deque[Item] = deque()
         self._statements: deque[Statement] = deque()
-        self._statements_urgent = False
         self._in_flight: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -149,7 +148,7 @@ class Registrar:
         self._pump()
         return future
 
-    def submit_statement(self, run: InTransaction, *, urgent: bool = False) -> asyncio.Future[None]:
+    def submit_statement(self, run: InTransaction) -> asyncio.Future[None]:
         """Queue SQL of its own to run in the next batch's transaction (it lingers as rows do;
         with no row to ride with, it is a batch of its own). It runs in a savepoint: a data
         error drops it (its future gets :class:`RowRejectedError`) and the rows still commit;
@@ -162,8 +161,6 @@ class Registrar:
         self._statements.append(Statement(run, future, loop.time()))
         self._pending += 1
         self._idle.clear()
-        if urgent:
-            self._statements_urgent = True
         self._pump()
         return future
 
@@ -248,7 +245,7 @@ class Registrar:
             return
         while (self._buffer or self._statements) and len(self._in_flight) < self._max_batches:
             due = self._due() - _LINGER_TOLERANCE
-            urgent = self._closing or self._flush_pending > 0 or self._statements_urgent
+            urgent = self._closing or self._flush_pending > 0
             if len(self._buffer) < self._batch_size and not urgent and loop.time() < due:
                 break
             count = min(self._batch_size, len(self._buffer))
@@ -256,7 +253,6 @@ class Registrar:
             self._flush_pending = max(0, self._flush_pending - count)
             statements = list(self._statements)
             self._statements.clear()
-            self._statements_urgent = False
             task = loop.create_task(self._run_batch(items, statements))
             self._in_flight.add(task)
             task.add_done_callback(self._batch_done)
@@ -290,7 +286,7 @@ class Registrar:
 
     # -- resolving futures ---------------------------------------------------------------------
 
-    def _settle(self, item: Item) -> bool:
+    def _settle(self, item: Item | Statement) -> bool:
         if item.resolved:
             return False
         item.resolved = True
@@ -311,13 +307,7 @@ class Registrar:
             item.future.exception()  # mark retrieved: callers may legitimately ignore futures
 
     def settle_statement(self, statement: Statement, error: BaseException | None = None) -> None:
-        if statement.resolved:
-            return
-        statement.resolved = True
-        self._pending -= 1
-        if self._pending == 0:
-            self._idle.set()
-        if statement.future.done():
+        if not self._settle(statement):
             return
         if error is None:
             statement.future.set_result(None)
