@@ -87,15 +87,19 @@ class AcceptorMachine(PduFraming):
         self._awaiting_result: dimse.Command | None = None
         self._discard_data = False
         self._after_discard: tuple[int, bytes] | None = None  # a response due once the dataset is dropped
-        self._pending: list[bytes] = []  # bytes received while a store result is awaited
+        self._pending: list[bytes | memoryview] = []
+        """Bytes received while a store result is awaited (views of immutable ``bytes``: the rest
+        of a read is kept without copying it)."""
         self._oversize_warned = False
 
     # -- inputs ------------------------------------------------------------------------------
     def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
         """Bytes from the peer; empty bytes are not special (use :meth:`connection_lost`)."""
         self._last_activity = now
+        if type(data) is not bytes:  # what is kept past this call must not change under us
+            data = bytes(data)
         if self._awaiting_result is not None:
-            self._pending.append(bytes(data))
+            self._pending.append(data)
             return self._take_events()
         if not self._in_pdu():
             self._pdu_begun_at = now
@@ -220,7 +224,7 @@ class AcceptorMachine(PduFraming):
     def _paused(self) -> bool:
         return self._awaiting_result is not None
 
-    def _stash(self, rest: bytes) -> None:
+    def _stash(self, rest: memoryview) -> None:
         self._pending.insert(0, rest)
 
     def _pdu_done(self, now: float) -> None:

@@ -83,37 +83,43 @@ class Command:
 
 def decode_command(raw: bytes | bytearray) -> Command:
     """Decode a command set; only group 0000 is allowed (PS3.7 6.3.1)."""
-    values: dict[int, bytes] = {}
+    values: dict[int, bytes | bytearray] = {}
     pos, end = 0, len(raw)
+    unpack = _ELEMENT.unpack_from
     while pos < end:
         if pos + 8 > end:
             raise DimseError("truncated command element")
-        group, elem, length = _ELEMENT.unpack_from(raw, pos)
+        group, elem, length = unpack(raw, pos)
         pos += 8
         if group != 0 or pos + length > end:
             raise DimseError(f"bad command element ({group:04x},{elem:04x}) length {length}")
-        values[elem] = bytes(raw[pos : pos + length])
+        values[elem] = raw[pos : pos + length]
         pos += length
-
-    def us(elem: int) -> int:
-        v = values.get(elem)
-        if v is None or len(v) != 2:
-            raise DimseError(f"command element (0000,{elem:04x}) missing or not US")
-        return int.from_bytes(v, "little")
-
-    def text(elem: int) -> str:
-        return values.get(elem, b"").rstrip(b"\x00 ").decode("ascii", "replace").strip()
-
+    get = values.get
     return Command(
-        command_field=us(COMMAND_FIELD),
-        message_id=us(MESSAGE_ID) if MESSAGE_ID in values else 0,
-        data_set_type=us(COMMAND_DATA_SET_TYPE),
-        affected_sop_class=text(AFFECTED_SOP_CLASS_UID),
-        affected_sop_instance=text(AFFECTED_SOP_INSTANCE_UID),
-        move_originator_ae=text(MOVE_ORIGINATOR_AE),
-        requested_sop_class=text(REQUESTED_SOP_CLASS_UID),
-        requested_sop_instance=text(REQUESTED_SOP_INSTANCE_UID),
+        command_field=_us(values, COMMAND_FIELD),
+        message_id=_us(values, MESSAGE_ID) if MESSAGE_ID in values else 0,
+        data_set_type=_us(values, COMMAND_DATA_SET_TYPE),
+        affected_sop_class=_text(get(AFFECTED_SOP_CLASS_UID)),
+        affected_sop_instance=_text(get(AFFECTED_SOP_INSTANCE_UID)),
+        move_originator_ae=_text(get(MOVE_ORIGINATOR_AE)),
+        requested_sop_class=_text(get(REQUESTED_SOP_CLASS_UID)),
+        requested_sop_instance=_text(get(REQUESTED_SOP_INSTANCE_UID)),
     )
+
+
+def _us(values: dict[int, bytes | bytearray], elem: int) -> int:
+    v = values.get(elem)
+    if v is None or len(v) != 2:
+        raise DimseError(f"command element (0000,{elem:04x}) missing or not US")
+    return int.from_bytes(v, "little")
+
+
+def _text(value: bytes | bytearray | None) -> str:
+    """A UI or AE value: padding (NUL or space) and surrounding spaces removed; absent -> ""."""
+    if not value:
+        return ""
+    return value.rstrip(b"\x00 ").decode("ascii", "replace").strip()
 
 
 def _encode_value(elem: int, value: int | str) -> bytes:

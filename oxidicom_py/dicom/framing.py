@@ -34,7 +34,8 @@ class PduFraming:
         """Whether parsing stops after this fragment (the rest goes to :meth:`_stash`)."""
         raise NotImplementedError
 
-    def _stash(self, rest: bytes) -> None:
+    def _stash(self, rest: memoryview) -> None:
+        """Keep ``rest`` (a view of the caller's immutable bytes) until parsing resumes."""
         raise NotImplementedError
 
     def _pdu_header(self, pdu_type: int, length: int, now: float) -> None:
@@ -80,7 +81,7 @@ class PduFraming:
                 pos = self._feed_pdata(data, pos)
                 if self._paused():
                     if pos < end:
-                        self._stash(bytes(data[pos:]))
+                        self._stash(data[pos:])
                     return
                 if not self._in_pdu():
                     self._pdu_done(now)

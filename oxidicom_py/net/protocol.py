@@ -9,7 +9,6 @@ metrics. Events go to the association's handler: an :class:`InstanceSink` per C-
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -194,14 +193,13 @@ class AssociationProtocol(asyncio.Protocol):
         sink, self._sink = self._sink, None
         assert sink is not None and self.machine is not None and self._loop is not None
         result = sink.finish()
-        if inspect.isawaitable(result):
-            if self.transport is not None:
-                self.transport.pause_reading()
-            task = asyncio.ensure_future(result)
-            task.add_done_callback(self._instance_done)
+        if isinstance(result, StoreResult):  # (inspect.isawaitable's ABC check costs more)
+            self._handle(self.machine.store_result(result, self._loop.time()))
             return
-        assert isinstance(result, StoreResult)
-        self._handle(self.machine.store_result(result, self._loop.time()))
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.ensure_future(result)
+        task.add_done_callback(self._instance_done)
 
     def _instance_done(self, task: asyncio.Future[StoreResult]) -> None:
         if task.cancelled():

@@ -109,6 +109,7 @@ class AssociationStorage:
         self._ended = False
         self._outcome = ""
         self.log = ContextLogger(log, {"association": info.ulid, "calling_ae": info.calling_ae})
+        self._debug = log.isEnabledFor(logging.DEBUG)  # asked once: a line per instance is only for debugging
         ae = metrics.ae_label(info.calling_ae)
         self.m_received = metrics.INSTANCES_RECEIVED.labels(ae)
         self.m_stored = metrics.INSTANCES_STORED.labels(ae)
@@ -146,7 +147,8 @@ class AssociationStorage:
             assert self.observer is not None
             self.observer.validated(row)
             self.observer.stored(row)
-            self.log.debug("stored", extra={"path": path})
+            if self._debug:
+                self.log.debug("stored", extra={"path": path})
         except Exception:  # a bug: the file is safe and answered; reconciliation registers it
             self.log.exception(
                 "instance stored but not handed to registration (reconciliation at the next start registers it)",

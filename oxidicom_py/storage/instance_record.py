@@ -107,7 +107,10 @@ def values_of(raw: dict[str, bytes] | None, path: str | None) -> dict[str, str |
     elements, or from pydicom reading ``path`` when the walker could not: the one way from a
     header to a record, for the receive path and for files read back alike."""
     decoded = header.decode_values(raw) if raw is not None else values_with_pydicom(path)
-    return {k: first_value(v) for k, v in decoded.items()}
+    for keyword, value in decoded.items():  # both give None for absent or empty values
+        if value is not None:
+            decoded[keyword] = first_value(value)
+    return decoded
 
 
 def values_with_pydicom(path: str | None) -> dict[str, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -9,6 +10,7 @@ from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSIO
 __all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "file_header"]
 
 _PREAMBLE = bytes(128) + b"DICM"
+_GROUP_LENGTH = struct.Struct("<HH2sHL")
 
 
 def _short(tag_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -25,18 +27,27 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str) -> bytes:
-    """Preamble + ``DICM`` + File Meta Information (PS3.10 7.1), Explicit VR Little Endian."""
-    body = b"".join(
+@functools.lru_cache(maxsize=256)
+def _around_instance(sop_class_uid: str, transfer_syntax: str, source_ae: str) -> tuple[bytes, bytes]:
+    """The meta elements before and after (0002,0003): the same for every instance of a context
+    from one sender, so made once."""
+    before = (
+        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01" + _short(0x0002, b"UI", _ui(sop_class_uid))
+    )
+    after = b"".join(
         (
-            struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-            _short(0x0002, b"UI", _ui(sop_class_uid)),
-            _short(0x0003, b"UI", _ui(sop_instance_uid)),
             _short(0x0010, b"UI", _ui(transfer_syntax)),
             _short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
             _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
             _short(0x0016, b"AE", _text(source_ae[:16])) if source_ae else b"",
         )
     )
-    group_length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(body))
-    return _PREAMBLE + group_length + body
+    return before, after
+
+
+def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble + ``DICM`` + File Meta Information (PS3.10 7.1), Explicit VR Little Endian."""
+    before, after = _around_instance(sop_class_uid, transfer_syntax, source_ae)
+    instance = _short(0x0003, b"UI", _ui(sop_instance_uid))
+    length = len(before) + len(instance) + len(after)
+    return b"".join((_PREAMBLE, _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length), before, instance, after))
