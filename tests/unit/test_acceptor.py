@@ -174,6 +174,23 @@ def test_bytes_that_arrive_while_an_instance_is_stored_wait_for_its_result() -> 
     assert m.state == STA6_ESTABLISHED
 
 
+def test_what_waits_for_a_result_is_the_senders_bytes_even_from_a_buffer_reused_after_the_call() -> None:
+    """The rest of a read is kept without a copy while an instance is stored: a caller that
+    hands a bytearray (or a view) and then reuses it must not change what is parsed later."""
+    m = established()
+    dataset = b"\x08\x00\x18\x00\x04\x00\x00\x001.2\x00"
+    first = p_data(1, store_rq(1), command=True) + p_data(1, dataset, command=False)
+    buffer = bytearray(first + p_data(3, echo_rq(2), command=True))
+    assert kinds(m.receive_data(buffer, 1.0)) == [InstanceBegun, InstanceData, InstanceComplete]
+    buffer[:] = bytes(len(buffer))  # the caller's next read lands in the same buffer
+    view = memoryview(bytearray(p_data(3, echo_rq(3), command=True)))
+    m.receive_data(view, 1.1)
+    view[:] = bytes(len(view))
+    m.store_result(StoreResult(dimse.SUCCESS), 2.0)
+    assert responses(m.pop_output()) == [(dimse.C_STORE_RSP, 1), (dimse.C_ECHO_RSP, 2), (dimse.C_ECHO_RSP, 3)]
+    assert m.state == STA6_ESTABLISHED
+
+
 def responses(raw: bytes) -> list[tuple[int, int]]:
     """(Command Field, Message ID Being Responded To) of each P-DATA-TF in ``raw``."""
     out, pos = [], 0
