@@ -9,6 +9,7 @@ only for the elements found.
 from __future__ import annotations
 
 import struct
+from typing import Literal
 
 from pydicom.charset import convert_encodings, decode_bytes
 
@@ -135,16 +136,30 @@ def walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dic
         return _walk(prefix, implicit=True, little=little, complete=complete)
 
 
+def _vr_codes(vrs: set[bytes], byteorder: Literal["little", "big"]) -> frozenset[int]:
+    return frozenset(int.from_bytes(vr, byteorder) for vr in vrs)
+
+
+_UPPERCASE_PAIRS = {bytes((a, b)) for a in range(65, 91) for b in range(65, 91)}
 _HEADERS = {
-    True: (struct.Struct("<HH2sH").unpack_from, struct.Struct("<HHL").unpack_from, struct.Struct("<L").unpack_from),
-    False: (struct.Struct(">HH2sH").unpack_from, struct.Struct(">HHL").unpack_from, struct.Struct(">L").unpack_from),
+    # the element header's 4 fields (the VR as a 16-bit number: no bytes object per element),
+    # the implicit header, a 32-bit length; then the VRs with a 16-bit length (any two uppercase
+    # letters that are not a long VR, as before) and those with a 32-bit one, as such numbers
+    little: (
+        struct.Struct(f"{order}HHHH").unpack_from,
+        struct.Struct(f"{order}HHL").unpack_from,
+        struct.Struct(f"{order}L").unpack_from,
+        _vr_codes(_UPPERCASE_PAIRS - _LONG_VRS, byteorder),
+        _vr_codes(_LONG_VRS, byteorder),
+    )
+    for little, order, byteorder in ((True, "<", "little"), (False, ">", "big"))
 }
 
 
 def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dict[str, bytes]:
     # The hot loop of the receive path: one struct call per top-level element; sequences of
     # undefined length (rare before (0020,0013)) go through the slower _Walker.
-    explicit_header, implicit_header, u32 = _HEADERS[little]
+    explicit_header, implicit_header, u32, short_vrs, long_vrs = _HEADERS[little]
     end = len(prefix)
     found: dict[str, bytes] = {}
     pos = 0
@@ -158,21 +173,23 @@ def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> di
             raise NeedMore
         if implicit:
             group, elem, length = implicit_header(prefix, pos)
-            vr, hdr = b"", 8
+            long_vr, hdr = False, 8
         else:
             group, elem, vr, length = explicit_header(prefix, pos)
-            hdr = 8
-            if group == 0xFFFE:
+            long_vr, hdr = False, 8
+            if group == 0xFFFE:  # an item tag: no VR, a 32-bit length
                 (length,) = u32(prefix, pos + 4)
-            elif vr in _LONG_VRS:
+            elif vr in short_vrs:
+                pass
+            elif vr in long_vrs:
                 if pos + 12 > end:
                     if ((group << 16) | elem) > LAST_WANTED or complete:
                         return found
                     raise NeedMore
                 (length,) = u32(prefix, pos + 8)
-                hdr = 12
-            elif not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-                raise HeaderError(f"invalid VR {vr!r} at offset {pos}")
+                long_vr, hdr = True, 12
+            else:
+                raise HeaderError(f"invalid VR {bytes(prefix[pos + 4 : pos + 6])!r} at offset {pos}")
         tag = (group << 16) | elem
         if tag > LAST_WANTED:
             return found
@@ -180,7 +197,9 @@ def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> di
             if walker is None:
                 walker = _Walker(prefix, little)
             try:
-                pos = walker.skip_sequence(pos + hdr, implicit or vr == b"UN", 1)
+                # UN of undefined length is implicit VR inside (PS3.5 6.2.2)
+                un = long_vr and prefix[pos + 4 : pos + 6] == b"UN"
+                pos = walker.skip_sequence(pos + hdr, implicit or un, 1)
             except NeedMore:
                 if complete:
                     return found
