@@ -9,7 +9,6 @@ only for the elements found.
 from __future__ import annotations
 
 import struct
-from typing import Literal
 
 from pydicom.charset import convert_encodings, decode_bytes
 
@@ -136,8 +135,8 @@ def walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> dic
         return _walk(prefix, implicit=True, little=little, complete=complete)
 
 
-def _vr_codes(vrs: set[bytes], byteorder: Literal["little", "big"]) -> frozenset[int]:
-    return frozenset(int.from_bytes(vr, byteorder) for vr in vrs)
+def _vr_codes(vrs: set[bytes], little: bool) -> frozenset[int]:
+    return frozenset(int.from_bytes(vr, "little" if little else "big") for vr in vrs)
 
 
 _UPPERCASE_PAIRS = {bytes((a, b)) for a in range(65, 91) for b in range(65, 91)}
@@ -149,10 +148,10 @@ _HEADERS = {
         struct.Struct(f"{order}HHHH").unpack_from,
         struct.Struct(f"{order}HHL").unpack_from,
         struct.Struct(f"{order}L").unpack_from,
-        _vr_codes(_UPPERCASE_PAIRS - _LONG_VRS, byteorder),
-        _vr_codes(_LONG_VRS, byteorder),
+        _vr_codes(_UPPERCASE_PAIRS - _LONG_VRS, little),
+        _vr_codes(_LONG_VRS, little),
     )
-    for little, order, byteorder in ((True, "<", "little"), (False, ">", "big"))
+    for little, order in ((True, "<"), (False, ">"))
 }
 
 
