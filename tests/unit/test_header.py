@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import pydicom
@@ -155,6 +156,30 @@ def test_malformed_vr_is_a_header_error() -> None:
     bad = good + b"\x08\x00\x18\x00" + b"\x01\x02" + b"\x02\x00" + b"12"
     with pytest.raises(header.HeaderError):
         header.walk(bad, implicit=False, little=True, complete=True)
+
+
+def test_an_unknown_vr_of_two_letters_has_a_short_length_and_un_of_undefined_length_is_implicit_inside() -> None:
+    """The walker reads an element header's VR as a number: an unknown uppercase pair still
+    has the 2-byte length (as pydicom reads it), and UN of undefined length holds implicit VR
+    items (PS3.5 6.2.2), in both byte orders."""
+    for little in (True, False):
+        e = "<" if little else ">"
+
+        def short(group: int, elem: int, vr: bytes, value: bytes, e: str = e) -> bytes:
+            return struct.pack(f"{e}HH2sH", group, elem, vr, len(value)) + value
+
+        item = struct.pack(f"{e}HHL", 0x0008, 0x0100, 4) + b"CODE"  # implicit VR inside the UN
+        un = struct.pack(f"{e}HH2sHL", 0x0008, 0x1140, b"UN", 0, 0xFFFFFFFF)
+        un += struct.pack(f"{e}HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack(f"{e}HHL", 0xFFFE, 0xE00D, 0)
+        un += struct.pack(f"{e}HHL", 0xFFFE, 0xE0DD, 0)
+        data = (
+            short(0x0008, 0x0060, b"ZZ", b"MR")
+            + un
+            + short(0x0010, 0x0020, b"LO", b"PID ")
+            + short(0x0020, 0x0013, b"IS", b"7 ")
+        )
+        found = header.walk(data, implicit=False, little=little, complete=True)
+        assert found == {"Modality": b"MR", "PatientID": b"PID ", "InstanceNumber": b"7 "}, little
 
 
 def test_part10_header_reads_back_with_pydicom() -> None:
