@@ -170,12 +170,11 @@ def _walk(prefix: Buffer, *, implicit: bool, little: bool, complete: bool) -> di
             if complete:
                 return found
             raise NeedMore
+        long_vr, hdr = False, 8
         if implicit:
             group, elem, length = implicit_header(prefix, pos)
-            long_vr, hdr = False, 8
         else:
             group, elem, vr, length = explicit_header(prefix, pos)
-            long_vr, hdr = False, 8
             if group == 0xFFFE:  # an item tag: no VR, a 32-bit length
                 (length,) = u32(prefix, pos + 4)
             elif vr in short_vrs:

@@ -10,7 +10,8 @@ from oxidicom_py.identity import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSIO
 __all__ = ["IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "file_header"]
 
 _PREAMBLE = bytes(128) + b"DICM"
-_GROUP_LENGTH = struct.Struct("<HH2sHL")
+_HEADER_WITH_U32 = struct.Struct("<HH2sHL")
+"""An element header with a 32-bit field after it: (0002,0001)'s long-VR header, (0002,0000) with its value."""
 
 
 def _short(tag_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -32,7 +33,7 @@ def _around_instance(sop_class_uid: str, transfer_syntax: str, source_ae: str) -
     """The meta elements before and after (0002,0003): the same for every instance of a context
     from one sender, so made once."""
     before = (
-        struct.pack("<HH2sHL", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01" + _short(0x0002, b"UI", _ui(sop_class_uid))
+        _HEADER_WITH_U32.pack(0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01" + _short(0x0002, b"UI", _ui(sop_class_uid))
     )
     after = b"".join(
         (
@@ -50,4 +51,4 @@ def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
     before, after = _around_instance(sop_class_uid, transfer_syntax, source_ae)
     instance = _short(0x0003, b"UI", _ui(sop_instance_uid))
     length = len(before) + len(instance) + len(after)
-    return b"".join((_PREAMBLE, _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length), before, instance, after))
+    return b"".join((_PREAMBLE, _HEADER_WITH_U32.pack(0x0002, 0x0000, b"UL", 4, length), before, instance, after))
